@@ -1,0 +1,1 @@
+"""The ``torchferry`` command line (typer + rich live only in this package)."""

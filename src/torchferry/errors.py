@@ -1,0 +1,117 @@
+"""The one exception hierarchy of torchferry.
+
+Every error torchferry raises on purpose derives from :class:`FerryError`, so callers
+can catch one class, and the server (later) can map every error to an HTTP status in one
+handler through ``http_status``. Messages follow one template: what happened, with the
+actual value; why, when it is not obvious; the exact call, flag or command that fixes it.
+
+::
+
+    FerryError                      base class; never raised itself
+    ├── FileFormatError             a file is not in a format torchferry reads (empty, wrong kind)
+    │   └── CorruptFileError        a file of a known format is truncated or damaged
+    ├── UnsafePickleError           a legacy pickle holds Python objects; loading it could run code
+    ├── UnsupportedObjectError      save() met a value it cannot store safely (key path in .key_path)
+    ├── DeviceError                 a tensor's device is unavailable or map_location is invalid
+    ├── UsageError                  an argument is invalid (e.g. a rename that maps two keys to one)
+    ├── StateDictMismatchError      load_into(strict=True) found missing/unexpected/mismatched keys
+    └── CheckpointError             a checkpoint lacks what resume() was asked to restore
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchferry.state.report import LoadReport
+
+__all__ = [
+    "CheckpointError",
+    "CorruptFileError",
+    "DeviceError",
+    "FerryError",
+    "FileFormatError",
+    "StateDictMismatchError",
+    "UnsafePickleError",
+    "UnsupportedObjectError",
+    "UsageError",
+]
+
+
+class FerryError(Exception):
+    """Base class of every error torchferry raises on purpose."""
+
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class FileFormatError(FerryError):
+    """Raised when a file is empty, missing, or not in any format torchferry reads."""
+
+    http_status = 400
+
+    def __init__(self, message: str, *, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+class CorruptFileError(FileFormatError):
+    """Raised when a file of a known format is truncated or its contents are inconsistent."""
+
+
+class UnsafePickleError(FerryError):
+    """Raised when a legacy ``.pt``/``.pth`` file holds pickled Python objects.
+
+    Such objects can only be rebuilt by running code named inside the file, so they are
+    refused unless the caller passes ``trust_pickle=True``. ``.globals`` lists what the
+    pickle would import.
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, *, path: str | Path, globals_: list[str]) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.globals = list(globals_)
+
+
+class UnsupportedObjectError(FerryError):
+    """Raised by ``save`` for a value it cannot store without pickle; names the key path."""
+
+    http_status = 400
+
+    def __init__(self, message: str, *, key_path: str) -> None:
+        super().__init__(message)
+        self.key_path = key_path
+
+
+class DeviceError(FerryError):
+    """Raised when tensors cannot be placed: the device is unavailable or map_location is bad."""
+
+    http_status = 400
+
+
+class UsageError(FerryError):
+    """Raised when the caller passes an argument torchferry cannot act on."""
+
+    http_status = 400
+
+
+class StateDictMismatchError(FerryError):
+    """Raised by ``load_into(strict=True)``; ``.report`` holds the full :class:`LoadReport`."""
+
+    http_status = 400
+
+    def __init__(self, message: str, *, report: LoadReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class CheckpointError(FerryError):
+    """Raised when a checkpoint does not hold what ``resume`` was asked to restore."""
+
+    http_status = 400

@@ -1,0 +1,1 @@
+"""Safe save/restore of training state: tensors, state_dicts, checkpoints, partial loads."""
