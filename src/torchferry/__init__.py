@@ -15,16 +15,13 @@ from torchferry.errors import FerryError
 from torchferry.state.checkpoint import Checkpoint, resume, save_checkpoint
 from torchferry.state.load_into import load_into
 from torchferry.state.report import LoadReport
-from torchferry.state.summary import StateSummary, describe
 from torchferry.state.tensors import load, save
 
 __all__ = [
     "Checkpoint",
     "FerryError",
     "LoadReport",
-    "StateSummary",
     "__version__",
-    "describe",
     "load",
     "load_into",
     "resume",

@@ -60,7 +60,7 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def summary(self) -> str:
-        parts = [f"loaded {len(self.loaded)} of {self.model_keys} model keys from {self.source}"]
+        parts = [f"matched {len(self.loaded)} of {self.model_keys} model keys from {self.source}"]
         for label, items in (
             ("missing", self.missing),
             ("unexpected", self.unexpected),
