@@ -21,6 +21,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint

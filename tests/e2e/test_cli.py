@@ -19,7 +19,9 @@ CLI = [sys.executable, "-m", "torchferry.cli.main"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""})
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""}
+    )
 
 
 def test_version_and_help_with_examples() -> None:

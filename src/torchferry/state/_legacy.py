@@ -91,9 +91,7 @@ def _classify_runtime_error(path: str, exc: BaseException) -> FerryError:
     )
 
 
-def load_legacy(
-    path: str | os.PathLike[str], map_location: MapLocation = None, *, trust_pickle: bool = False
-) -> Any:
+def load_legacy(path: str | os.PathLike[str], map_location: MapLocation = None, *, trust_pickle: bool = False) -> Any:
     """Load a ``torch.save`` file: tensors and plain containers only, unless trusted."""
     spath = str(path)
     mmap = legacy_kind(_prefix(spath)) == "zip"

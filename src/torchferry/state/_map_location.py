@@ -31,8 +31,7 @@ def _device(spec: object, source: str) -> torch.device:
         return torch.device(spec)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DeviceError(
-            f"map_location={spec!r} is not a device ({exc}). "
-            f"Pass a device such as 'cpu' or 'cuda:0' ({source})."
+            f"map_location={spec!r} is not a device ({exc}). Pass a device such as 'cpu' or 'cuda:0' ({source})."
         ) from None
 
 
@@ -42,9 +41,14 @@ def _move(tensor: torch.Tensor, target: torch.device, saved: str, where: str) ->
     try:
         return tensor.to(target)
     except (RuntimeError, AssertionError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        what = (
+            f"tensors were saved on {saved}, which is not available here ({reason})"
+            if str(target) == saved
+            else f"cannot place tensors saved on {saved} onto {target} ({reason})"
+        )
         raise DeviceError(
-            f"{where}: cannot place tensors saved on {saved} onto {target}: {str(exc).splitlines()[0]} "
-            f"Load them onto the CPU with map_location='cpu', or onto another device with "
+            f"{where}: {what}. Load them onto the CPU with map_location='cpu', or onto another device with "
             f"map_location={{'{saved}': '<device>'}}."
         ) from None
 

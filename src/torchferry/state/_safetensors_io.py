@@ -112,9 +112,7 @@ def _parse_entry(path: str, name: str, raw: object) -> TensorEntry:
     code, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
     if code not in _CODES:
         raise _corrupt(path, f"tensor {name!r} has unknown dtype {code!r}")
-    if not isinstance(shape, list) or not all(
-        type(d) is int and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise _corrupt(path, f"tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
@@ -136,9 +134,7 @@ def _parse_entry(path: str, name: str, raw: object) -> TensorEntry:
 def _parse_metadata(path: str, raw: object) -> dict[str, str]:
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise _corrupt(path, "the __metadata__ header entry is not a map of strings")
     return dict(raw)
 
@@ -147,9 +143,7 @@ def _check_layout(path: str, entries: Iterable[TensorEntry], data_size: int) -> 
     position = 0
     for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
         if entry.begin != position:
-            raise _corrupt(
-                path, f"tensor {entry.name!r} starts at byte {entry.begin}, expected {position}"
-            )
+            raise _corrupt(path, f"tensor {entry.name!r} starts at byte {entry.begin}, expected {position}")
         position = entry.end
     if position != data_size:
         raise _corrupt(

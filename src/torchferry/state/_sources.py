@@ -27,8 +27,7 @@ def is_state_dict(obj: object) -> bool:
         isinstance(obj, Mapping)
         and bool(obj)
         and all(
-            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state"))
-            for k, v in obj.items()
+            isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state")) for k, v in obj.items()
         )
     )
 
@@ -79,8 +78,7 @@ def find_state_dict(obj: Any, where: str, key: str | None = None) -> tuple[Mappi
             )
     kind = f"keys {sorted(map(str, obj))[:12]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
     raise UsageError(
-        f"found no state_dict in {where} (it holds {kind}). Pass the state_dict itself, or name its "
-        "entry with key=..."
+        f"found no state_dict in {where} (it holds {kind}). Pass the state_dict itself, or name its entry with key=..."
     )
 
 
@@ -100,6 +98,5 @@ def resolve_source(
     if isinstance(source, Mapping):
         return find_state_dict(source, "the given state_dict", key)
     raise UsageError(
-        f"load_into cannot read a source of type {type(source).__name__}. Pass a path, a state_dict "
-        "or an nn.Module."
+        f"load_into cannot read a source of type {type(source).__name__}. Pass a path, a state_dict or an nn.Module."
     )

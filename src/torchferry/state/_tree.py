@@ -167,9 +167,7 @@ def _encode_dict(value: Mapping[Any, Any], path: Path, leaves: list[_Leaf], acti
 
 
 def _encode_tensor(tensor: torch.Tensor, path: Path, leaves: list[_Leaf]) -> dict[str, Any]:
-    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(
-        tensor, torch.nn.parameter.Buffer
-    ):
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(tensor, torch.nn.parameter.Buffer):
         raise _unsupported(
             path,
             f"it is a tensor subclass {type(tensor).__qualname__}",

@@ -106,9 +106,8 @@ class Checkpoint:
 
     def __str__(self) -> str:
         modes = ", ".join(f"{name} in {mode} mode" for name, mode in self.modes.items())
-        return (
-            f"resumed {self.path}: epoch={self.epoch} step={self.step}; restored {', '.join(self.restored)}"
-            + (f"; {modes}" if modes else "")
+        return f"resumed {self.path}: epoch={self.epoch} step={self.step}; restored {', '.join(self.restored)}" + (
+            f"; {modes}" if modes else ""
         )
 
 

@@ -48,8 +48,8 @@ def save(obj: TensorTree, path: PathLike, *, fsync: bool = True, progress: Progr
     the key path of anything that cannot be stored without pickle.
 
     >>> import torch, torchferry
-    >>> torchferry.save({"w": torch.ones(2), "step": 3}, "/tmp/state.safetensors")
-    >>> torchferry.load("/tmp/state.safetensors")["step"]
+    >>> torchferry.save({"w": torch.ones(2), "step": 3}, "state.safetensors")
+    >>> torchferry.load("state.safetensors")["step"]
     3
     """
     write_structure(obj, path, kind="tree", fsync=fsync, progress=progress)

@@ -42,13 +42,17 @@ def test_gan_style_checkpoint_with_two_models_and_two_optimizers(tmp_path: Path)
     gen2, disc2 = SmallNet(), SmallNet(hidden=6)
     opt_g2, opt_d2 = torch.optim.Adam(gen2.parameters(), lr=1.0), torch.optim.SGD(disc2.parameters(), lr=1.0)
     ckpt = torchferry.resume(
-        path, models={"generator": gen2, "discriminator": disc2}, optimizers={"generator": opt_g2, "discriminator": opt_d2}
+        path,
+        models={"generator": gen2, "discriminator": disc2},
+        optimizers={"generator": opt_g2, "discriminator": opt_d2},
     )
     assert (ckpt.epoch, ckpt.step, ckpt.extra) == (7, 300, {"loss_g": 0.25, "note": "ok"})
     assert ckpt.modes == {"generator": "train", "discriminator": "eval"} and not disc2.training
     assert all(torch.equal(a, b) for a, b in zip(params(gen), params(gen2)))
     assert opt_g2.param_groups[0]["lr"] == 1e-3 and opt_d2.param_groups[0]["momentum"] == 0.9
-    assert torch.equal(opt_d2.state[disc2.fc1.weight]["momentum_buffer"], opt_d.state[disc.fc1.weight]["momentum_buffer"])
+    assert torch.equal(
+        opt_d2.state[disc2.fc1.weight]["momentum_buffer"], opt_d.state[disc.fc1.weight]["momentum_buffer"]
+    )
     assert "generator in train mode" in str(ckpt) and "discriminator in eval mode" in str(ckpt)
 
 
@@ -91,7 +95,9 @@ def test_scheduler_scaler_and_rng_are_restored(tmp_path: Path) -> None:
     )  # fmt: skip
     assert sched2.state_dict() == sched.state_dict() and sched2.get_last_lr() == sched.get_last_lr()
     assert plateau2.best == float("inf") and scaler2.state_dict() == scaler.state_dict()
-    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+    assert (
+        torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+    )
     assert {"rng torch", "rng numpy", "rng python", "scaler"} <= set(ckpt.restored)
 
 

@@ -43,7 +43,11 @@ def bits(t: torch.Tensor) -> bytes:
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_every_dtype_round_trips_bit_exactly(tmp_path: Path, dtype: torch.dtype) -> None:
-    values = {"scalar": random_bits((), dtype), "matrix": random_bits((3, 5), dtype), "empty": random_bits((0, 4), dtype)}
+    values = {
+        "scalar": random_bits((), dtype),
+        "matrix": random_bits((3, 5), dtype),
+        "empty": random_bits((0, 4), dtype),
+    }
     torchferry.save(values, tmp_path / "t.safetensors")
     back = torchferry.load(tmp_path / "t.safetensors")
     for key, tensor in values.items():
@@ -191,9 +195,9 @@ def test_gpu_saved_file_loads_on_cpu_with_each_map_location_form(tmp_path: Path)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_saved_file_without_map_location_explains_the_fix(tmp_path: Path) -> None:
     path = _cuda_file(tmp_path)
-    with pytest.raises(DeviceError, match=r"saved on cuda:0.*map_location='cpu'"):
+    with pytest.raises(DeviceError, match=r"were saved on cuda:0, which is not available here .*map_location='cpu'"):
         torchferry.load(path)
-    with pytest.raises(DeviceError, match="map_location"):
+    with pytest.raises(DeviceError, match=r"cannot place tensors saved on cuda:0 onto cuda:1 .*map_location"):
         torchferry.load(path, map_location={"cuda:0": "cuda:1"})
 
 
