@@ -19,6 +19,7 @@ import torch
 from torchferry._types import MapLocation, PathLike
 from torchferry.errors import CheckpointError, FerryError
 from torchferry.state import _rng
+from torchferry.state._rename import RenameSpec
 from torchferry.state._safetensors_io import ProgressFn
 from torchferry.state.load_into import apply_plan, plan_load, raise_if_strict
 from torchferry.state.report import LoadReport
@@ -196,6 +197,7 @@ def resume(
     scaler: Stateful | None = None,
     map_location: MapLocation = "cpu",
     strict: bool = True,
+    rename: RenameSpec = None,
     restore_rng: bool = True,
     progress: ProgressFn | None = None,
 ) -> Checkpoint:
@@ -207,6 +209,8 @@ def resume(
     legacy ``torch.save`` dicts with ``model_state_dict``/``optimizer_state_dict`` keys.
     ``map_location`` defaults to ``"cpu"``: loading copies into the live objects, which
     stay on their own devices, so a GPU checkpoint resumes on a CPU-only host too.
+    ``rename`` applies to every model's keys, as in ``load_into`` (e.g. a checkpoint
+    saved from a DDP-wrapped model: ``rename={"module.": ""}``).
     """
     spath = os.fspath(path)
     state = _load_checkpoint_state(spath, map_location, progress)
@@ -220,7 +224,7 @@ def resume(
         raise CheckpointError(f"{spath} holds no GradScaler state; do not pass scaler=, or save it with scaler=.")
     plans = {}
     for name, module in live["models"].items():
-        report, to_load = plan_load(module, saved["models"][name], f"{spath} (model {name!r})")
+        report, to_load = plan_load(module, saved["models"][name], f"{spath} (model {name!r})", rename)
         raise_if_strict(report, strict)
         plans[name] = (report, to_load)
     for name, live_opt in live["optimizers"].items():

@@ -101,6 +101,16 @@ def test_scheduler_scaler_and_rng_are_restored(tmp_path: Path) -> None:
     assert {"rng torch", "rng numpy", "rng python", "scaler"} <= set(ckpt.restored)
 
 
+def test_checkpoint_from_a_wrapped_model_resumes_with_rename(tmp_path: Path) -> None:
+    model = SmallNet()
+    torchferry.save_checkpoint(tmp_path / "c.safetensors", model=torch.nn.DataParallel(model))
+    with pytest.raises(StateDictMismatchError, match=r"pass rename=\{'module.': ''\}"):
+        torchferry.resume(tmp_path / "c.safetensors", model=SmallNet())
+    fresh = SmallNet()
+    assert torchferry.resume(tmp_path / "c.safetensors", model=fresh, rename={"module.": ""}).reports["model"].ok
+    assert all(torch.equal(a, b) for a, b in zip(params(model), params(fresh)))
+
+
 def test_a_lone_model_matches_whatever_name_it_was_saved_under(tmp_path: Path) -> None:
     torchferry.save_checkpoint(tmp_path / "c.safetensors", models={"student": SmallNet()})
     assert torchferry.resume(tmp_path / "c.safetensors", model=SmallNet()).reports["model"].ok
