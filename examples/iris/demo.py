@@ -1,0 +1,152 @@
+"""The torchferry tour on the Iris classifier: what ``make demo`` runs.
+
+    python examples/iris/demo.py --workdir .demo
+
+Each step is a separate Python process, because the point is that nothing but the files
+carries over: train and save, reload elsewhere and get the same accuracy, resume
+training from the checkpoint, and (when the ``torchferry`` command is installed) look
+inside the checkpoint from the shell. Exits 1 as soon as a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ACCURACY_LINE = re.compile(r"^test accuracy (?P<value>\d\.\d+) \((?P<correct>\d+)/(?P<total>\d+)\)$", re.MULTILINE)
+RESUMED_LINE = re.compile(r"^resumed .* at epoch (?P<epoch>\d+) ", re.MULTILINE)
+INDENT = "    "
+
+
+class DemoError(Exception):
+    """A step failed or printed something unexpected; ``main`` reports it and exits 1."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line; the epoch counts are there to make quick runs possible."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True, help="where the saved files go (created if needed)")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs of the first training run (default 100)")
+    parser.add_argument("--more-epochs", type=int, default=10, help="epochs run after resuming (default 10)")
+    return parser.parse_args(argv)
+
+
+def shown(path: Path) -> str:
+    """A path as the reader would type it: relative to the current directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run(command: list[str], display: str) -> str:
+    """Run a command, echoing its output indented as it comes; return that output.
+
+    stderr is merged into stdout so warnings and errors appear where they happened.
+    """
+    print(f"{INDENT}$ {display}")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    lines = []
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(f"{INDENT}{line.rstrip()}")
+            lines.append(line)
+    if process.returncode != 0:
+        raise DemoError(f"`{display}` exited with status {process.returncode}")
+    return "".join(lines)
+
+
+def run_script(script: str, *args: str) -> str:
+    """Run one of the example scripts in a fresh interpreter (the one running this demo)."""
+    return run([sys.executable, str(HERE / script), *args], " ".join(["python", shown(HERE / script), *args]))
+
+
+def find(pattern: re.Pattern[str], output: str, what: str) -> re.Match[str]:
+    """The first line matching ``pattern``; its absence means a script changed what it prints."""
+    match = pattern.search(output)
+    if match is None:
+        raise DemoError(f"expected {what} in the output above, found none")
+    return match
+
+
+def step_train(workdir: str, epochs: int) -> re.Match[str]:
+    """Step 1: train from scratch and save weights, checkpoint and accuracy."""
+    print(f"1/3 train: {epochs} epochs of Adam (lr 0.001, batch 5) on 105 Iris flowers, then save")
+    output = run_script("train.py", "--workdir", workdir, "--epochs", str(epochs))
+    accuracy = find(ACCURACY_LINE, output, "the test accuracy")
+    print(f"{INDENT}-> test accuracy {accuracy['value']} on 45 held-out flowers; saved with torchferry\n")
+    return accuracy
+
+
+def step_evaluate(workdir: str, trained: re.Match[str]) -> None:
+    """Step 2: a fresh process rebuilds the model, loads the weights, and must score the same."""
+    print("2/3 reload in a fresh process: rebuild Multiclass, torchferry.load_into, score the same 45 flowers")
+    output = run_script("evaluate.py", "--workdir", workdir)
+    reloaded = find(ACCURACY_LINE, output, "the test accuracy")
+    if reloaded.group(0) != trained.group(0):
+        raise DemoError(f"reloaded model: {reloaded.group(0)}, but training measured {trained.group(0)}")
+    print(f"{INDENT}-> same accuracy {reloaded['value']} \u2713\n")
+
+
+def step_resume(workdir: str, epochs: int, more: int) -> None:
+    """Step 3: continue training from the checkpoint, with the optimizer state it saved."""
+    print(f"3/3 resume the checkpoint (weights + Adam state + epoch) for {more} more epochs")
+    output = run_script("train.py", "--workdir", workdir, "--resume", "--epochs", str(more))
+    resumed_at = int(find(RESUMED_LINE, output, "a 'resumed ... at epoch N' line")["epoch"])
+    if resumed_at != epochs:
+        raise DemoError(f"resumed at epoch {resumed_at}, but the checkpoint was written after epoch {epochs}")
+    print(f"{INDENT}-> picked up at epoch {resumed_at} and went on to epoch {epochs + more} \u2713\n")
+
+
+def step_inspect(workdir: str) -> None:
+    """Extra step: the ``torchferry inspect`` command, only if it is installed beside this Python."""
+    cli = shutil.which("torchferry", path=str(Path(sys.executable).parent))
+    checkpoint = str(Path(workdir) / "iris-ckpt.safetensors")
+    if cli is None:
+        print(f"+  (skipped `torchferry inspect`: no torchferry command next to {sys.executable})\n")
+        return
+    print("+  look inside the checkpoint from the shell, without loading it into a model")
+    run([cli, "inspect", checkpoint], f"torchferry inspect {checkpoint}")
+    print()
+
+
+def use_safe_stdout() -> None:
+    """Show each line as soon as it is printed, even through a pipe, and print a '?'
+    instead of crashing where the terminal cannot show the check mark."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace", line_buffering=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three steps (and the optional CLI look) in order; stop at the first failure."""
+    args = parse_args(argv)
+    use_safe_stdout()
+    workdir = str(args.workdir)
+    started = time.perf_counter()
+    print(f"torchferry demo: save, reload and resume an Iris classifier (files in {workdir}/)\n")
+    try:
+        trained = step_train(workdir, args.epochs)
+        step_evaluate(workdir, trained)
+        step_resume(workdir, args.epochs, args.more_epochs)
+        step_inspect(workdir)
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    files = ", ".join(sorted(p.name for p in args.workdir.iterdir()))
+    print(f"done in {time.perf_counter() - started:.1f} s. {workdir}/ holds {files}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
