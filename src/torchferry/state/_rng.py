@@ -8,6 +8,7 @@ States are kept as tensors and JSON scalars so they go through the safe format.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,24 +35,50 @@ def capture() -> dict[str, Any]:
     return state
 
 
-def restore(state: dict[str, Any]) -> list[str]:
-    """Put the generators back; return the names of those restored."""
-    restored = []
+Restorer = Callable[[], list[str]]
+
+
+def prepare(state: Any) -> Restorer:
+    """Validate saved generator states and return a function that applies them.
+
+    Everything that can fail (a damaged file) fails here, before ``resume`` changes any
+    object; the returned function only sets the generators.
+    """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"rng state is a {type(state).__name__}, not a map")
+    actions: list[tuple[str, Callable[[], None]]] = []
     if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu())
-        restored.append("torch")
+        torch_state = _byte_tensor(state["torch"])
+        actions.append(("torch", lambda: torch.set_rng_state(torch_state)))
     if "python" in state:
         py = state["python"]
-        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
-        restored.append("python")
+        python_state = (int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"])
+        random.Random().setstate(python_state)  # noqa: S311 - validates without touching the global one
+        actions.append(("python", lambda: random.setstate(python_state)))
     if "numpy" in state:
         nps = state["numpy"]
         keys = nps["keys"].cpu().numpy().astype(np.uint32)
-        np.random.set_state((nps["kind"], keys, nps["pos"], nps["has_gauss"], nps["cached_gaussian"]))
-        restored.append("numpy")
-    if "cuda" in state and torch.cuda.is_available():
-        states = [s.cpu() for s in state["cuda"]]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-            restored.append("cuda")
-    return restored
+        numpy_state = (str(nps["kind"]), keys, int(nps["pos"]), int(nps["has_gauss"]), float(nps["cached_gaussian"]))
+        np.random.RandomState().set_state(numpy_state)
+        actions.append(("numpy", lambda: np.random.set_state(numpy_state)))
+    cuda = [_byte_tensor(s) for s in state.get("cuda", [])]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        actions.append(("cuda", lambda: torch.cuda.set_rng_state_all(cuda)))
+
+    def apply() -> list[str]:
+        for _, action in actions:
+            action()
+        return [name for name, _ in actions]
+
+    return apply
+
+
+def _byte_tensor(value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+        raise ValueError("a generator state is not a uint8 tensor")
+    return value.cpu()
+
+
+def restore(state: Any) -> list[str]:
+    """Put the generators back; return the names of those restored."""
+    return prepare(state)()

@@ -29,6 +29,8 @@ MAX_HEADER_BYTES = 100_000_000
 """Same bound as the reference implementation: refuses header-size bombs."""
 
 HEADER_ALIGNMENT = 8
+_MAX_DIM = 2**62
+"""Largest dimension accepted: a zero-size tensor could otherwise carry dims torch cannot hold."""
 
 _CODES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -110,9 +112,9 @@ def _parse_entry(path: str, name: str, raw: object) -> TensorEntry:
     if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
         raise _corrupt(path, f"header entry {name!r} is not a tensor description")
     code, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-    if code not in _CODES:
-        raise _corrupt(path, f"tensor {name!r} has unknown dtype {code!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if not isinstance(code, str) or code not in _CODES:
+        raise _corrupt(path, f"tensor {name!r} has unknown dtype {code!r:.40}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _MAX_DIM for d in shape):
         raise _corrupt(path, f"tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
@@ -188,7 +190,9 @@ def read_header(path: str | os.PathLike[str]) -> Header:
 
 def _byte_view(tensor: torch.Tensor) -> memoryview:
     """A writable/readable byte view of a contiguous CPU tensor's memory, without copying."""
-    array: Any = tensor.reshape(-1).view(torch.uint8).numpy()
+    # as_strided, not reshape: a contiguous one-element tensor may keep a stride other than 1
+    flat = tensor.as_strided((tensor.numel(),), (1,))
+    array: Any = flat.view(torch.uint8).numpy()
     return memoryview(array)
 
 

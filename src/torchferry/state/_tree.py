@@ -249,6 +249,8 @@ class _Names:
 
     def unique(self, path: Path) -> str:
         base = "/".join(str(k) for k in path) or "tensor"
+        # names must be valid UTF-8 (lone surrogates are not); the tree keeps the real key
+        base = base.encode("utf-8", "replace").decode("utf-8")
         name, n = base, 1
         while name in self.used:
             n += 1

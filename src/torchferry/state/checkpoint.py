@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from torchferry._types import MapLocation, PathLike
-from torchferry.errors import CheckpointError, FerryError
+from torchferry.errors import CheckpointError, CorruptFileError, FerryError
 from torchferry.state import _rng
 from torchferry.state._rename import RenameSpec
 from torchferry.state._safetensors_io import ProgressFn
@@ -173,10 +173,33 @@ def _check_optimizer(name: str, live: Stateful, saved: Mapping[str, Any], path: 
         )
 
 
+_MAP_SECTIONS = ("models", "optimizers", "schedulers", "modes")
+
+
+def _validated(obj: Any, path: str) -> dict[str, Any]:
+    """Check the shape of a checkpoint tree before anything is taken from it."""
+    problem = None
+    if not isinstance(obj, Mapping):
+        problem = f"it holds a {type(obj).__name__}, not a map"
+    else:
+        for section in _MAP_SECTIONS:
+            value = obj.get(section)
+            if value is not None and not (
+                isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
+            ):
+                problem = f"its {section!r} section is not a map of names to state"
+        for section in ("extra", "rng", "scaler"):
+            if obj.get(section) is not None and not isinstance(obj[section], Mapping):
+                problem = f"its {section!r} section is not a map"
+    if problem:
+        raise CorruptFileError(f"{path} is damaged: {problem}. Re-create the checkpoint.", path=path)
+    return dict(obj)
+
+
 def _load_checkpoint_state(path: str, map_location: MapLocation, progress: ProgressFn | None) -> dict[str, Any]:
     loaded = read(path, map_location, progress=progress)
     if loaded.kind == "checkpoint":
-        return dict(loaded.obj)
+        return _validated(loaded.obj, path)
     if loaded.kind == "legacy":
         return from_legacy_checkpoint(loaded.obj, path)
     raise CheckpointError(
@@ -229,6 +252,7 @@ def resume(
         plans[name] = (report, to_load)
     for name, live_opt in live["optimizers"].items():
         _check_optimizer(name, live_opt, saved["optimizers"][name], spath)
+    restore_generators = _prepare_rng(state.get("rng") if restore_rng else None, spath)
 
     modes = {}
     for name, module in live["models"].items():
@@ -236,8 +260,7 @@ def resume(
         modes[name] = _restore_mode(module, (state.get("modes") or {}).get(name))
     restored = [f"model {name!r}" for name in live["models"]]
     restored += _restore_stateful(live, saved, scaler, state.get("scaler"), spath)
-    if restore_rng and state.get("rng"):
-        restored += [f"rng {n}" for n in _rng.restore(state["rng"])]
+    restored += [f"rng {n}" for n in restore_generators()]
     return Checkpoint(
         path=spath,
         epoch=state.get("epoch"),
@@ -247,6 +270,17 @@ def resume(
         reports={name: plan[0] for name, plan in plans.items()},
         restored=tuple(restored),
     )
+
+
+def _prepare_rng(state: Any, path: str) -> _rng.Restorer:
+    if not state:
+        return list
+    try:
+        return _rng.prepare(state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CorruptFileError(
+            f"{path}: the saved RNG states are damaged ({exc}). Re-create the checkpoint.", path=path
+        ) from None
 
 
 def _restore_stateful(

@@ -19,7 +19,7 @@ from torchferry._types import PathLike
 from torchferry.state import _tree
 from torchferry.state._legacy import legacy_kind, load_legacy
 from torchferry.state._safetensors_io import Header, file_prefix, looks_like_safetensors, read_header
-from torchferry.state.tensors import parse_meta, unknown_format
+from torchferry.state.tensors import parse_meta, restore_complex, unknown_format
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,27 @@ def _brief(value: Any) -> Any:
     return value
 
 
+def _names(section: Any) -> list[str]:
+    """The entry names of a checkpoint section; a damaged section shows as empty."""
+    return sorted(str(k) for k in section) if isinstance(section, Mapping) else []
+
+
 def _checkpoint_info(state: Mapping[str, Any]) -> dict[str, Any]:
-    modes = state.get("modes") or {}
+    modes = state.get("modes")
+    models: Any = _names(state.get("models"))
+    if isinstance(modes, Mapping) and modes:
+        models = {
+            str(name): ("train" if isinstance(m, Mapping) and m.get("training") else "eval")
+            for name, m in modes.items()
+        }
     return {
         "epoch": state.get("epoch"),
         "step": state.get("step"),
-        "models": {name: ("train" if m.get("training") else "eval") for name, m in modes.items()}
-        or sorted(state.get("models") or {}),
-        "optimizers": sorted(state.get("optimizers") or {}),
-        "schedulers": sorted(state.get("schedulers") or {}),
+        "models": models,
+        "optimizers": _names(state.get("optimizers")),
+        "schedulers": _names(state.get("schedulers")),
         "scaler": bool(state.get("scaler")),
-        "rng": sorted(state.get("rng") or {}),
+        "rng": _names(state.get("rng")),
         "extra": _brief(state.get("extra") or {}),
     }
 
@@ -103,8 +113,8 @@ def _describe_ours(header: Header, size: int) -> StateSummary:
         return StateSummary(header.path, "safetensors", size, tensors, header.data_bytes, dict(header.metadata))
     stored = {name: torch.empty(e.shape, dtype=e.dtype, device="meta") for name, e in header.entries.items()}
     for name, info in meta.get("stored", {}).items():
-        if isinstance(info, dict) and info.get("complex") and name in stored:
-            stored[name] = torch.view_as_complex(stored[name])
+        if isinstance(info, dict) and name in stored:
+            stored[name] = restore_complex(stored[name], info, header.path)
     try:
         obj = _tree.decode(meta.get("tree"), stored)
     except (_tree.TreeError, KeyError, TypeError, ValueError, RuntimeError):

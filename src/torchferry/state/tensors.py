@@ -152,7 +152,8 @@ def parse_meta(header: Header) -> dict[str, Any] | None:
     return meta
 
 
-def _restore_complex(tensor: torch.Tensor, info: dict[str, Any], path: str) -> torch.Tensor:
+def restore_complex(tensor: torch.Tensor, info: dict[str, Any], path: str) -> torch.Tensor:
+    """Turn a stored real view back into the complex tensor it was, checking its layout."""
     wanted = info.get("complex")
     if wanted is None:
         return tensor
@@ -175,7 +176,7 @@ def _read_safetensors(header: Header, map_location: MapLocation, progress: Progr
         if not isinstance(info, dict):
             raise CorruptFileError(f"{header.path}: the torchferry metadata is malformed.", path=header.path)
         device = info.get("device", "cpu")
-        placed[name] = place(_restore_complex(tensor, info, header.path), str(device))
+        placed[name] = place(restore_complex(tensor, info, header.path), str(device))
     try:
         obj = _tree.decode(meta.get("tree"), placed)
     except (_tree.TreeError, KeyError, TypeError, ValueError, RuntimeError) as exc:

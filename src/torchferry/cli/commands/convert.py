@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +44,8 @@ def convert_command(
     """
     if output.exists() and not force:
         raise UsageError(f"{output} exists. Pass --force to overwrite it, or choose another --output.")
-    with byte_progress(f"writing {output.name}", os.path.getsize(source)) as progress:
+    size = source.stat().st_size if source.is_file() else 0  # a missing source is reported by convert_legacy
+    with byte_progress(f"writing {output.name}", size) as progress:
         result = convert_legacy(source, output, trust_pickle=trust_pickle, progress=progress)
     console.print(
         f"[green]✓[/] wrote {result.target}: {result.kind} with {result.tensors} tensors "
