@@ -3,9 +3,11 @@
 We parse the header ourselves (strictly, with the same rules as the reference reader:
 bounded header, known dtypes, offsets contiguous and covering the data exactly, sizes
 matching shapes) so that a damaged file fails with a :class:`CorruptFileError` naming
-the file before a single tensor byte is read. Tensor bytes are then read with
-``readinto`` straight into freshly allocated tensor memory: one copy from the page
-cache, no mmap pages pinned beside the tensors, so peak memory is the tensors' size.
+the file before a single tensor byte is read. Tensor bytes are then either mapped
+(``map_tensors``: a private copy-on-write mapping, no copy at all, pages read on first
+touch, as safetensors does) or read with ``readinto`` straight into freshly allocated
+tensor memory (``read_tensors``: one copy from the page cache, nothing left mapped).
+Either way peak memory is the tensors' size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import mmap
 import os
 import struct
 import sys
@@ -221,6 +224,38 @@ def read_tensors(
             f"{header.path}: reading tensor data failed ({exc.strerror or exc}).", path=header.path
         ) from exc
     return {name: result[name] for name in wanted}
+
+
+def map_tensors(header: Header) -> dict[str, torch.Tensor]:
+    """Tensors backed by a private (copy-on-write) mapping of the file: nothing is copied.
+
+    Writes to the tensors never reach the file. The mapping lives as long as any tensor
+    does. Tensors whose bytes are not aligned for their dtype (files from other writers)
+    or that are empty are read normally instead.
+    """
+    try:
+        with open(header.path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size != header.data_start + header.data_bytes:
+                raise _corrupt(header.path, "the file changed size while it was being opened")
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    except OSError as exc:
+        raise FileFormatError(
+            f"{header.path}: cannot map the file ({exc.strerror or exc}); pass mmap=False to read it instead.",
+            path=header.path,
+        ) from exc
+    result: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for name, entry in header.entries.items():
+        start = header.data_start + entry.begin
+        if entry.nbytes == 0 or start % entry.dtype.itemsize:
+            unmapped.append(name)
+            continue
+        count = entry.nbytes // entry.dtype.itemsize
+        result[name] = torch.frombuffer(mapping, dtype=entry.dtype, count=count, offset=start).view(entry.shape)
+    if unmapped:
+        result.update(read_tensors(header, unmapped))
+    return {name: result[name] for name in header.entries}
 
 
 def _read_exactly(handle: io.FileIO, view: memoryview, path: str) -> None:

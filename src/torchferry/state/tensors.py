@@ -27,6 +27,7 @@ from torchferry.state._safetensors_io import (
     ProgressFn,
     file_prefix,
     looks_like_safetensors,
+    map_tensors,
     read_header,
     read_tensors,
     write_safetensors,
@@ -88,29 +89,36 @@ class Loaded:
     """``"tree"``/``"checkpoint"`` for our files, ``"safetensors"`` for plain ones, ``"legacy"``."""
 
 
-def load(path: PathLike, map_location: MapLocation = None, *, trust_pickle: bool = False) -> Any:
+def load(path: PathLike, map_location: MapLocation = None, *, mmap: bool = True, trust_pickle: bool = False) -> Any:
     """Load what ``save`` (or ``save_checkpoint``) wrote, a plain safetensors file, or a
     legacy ``torch.save`` file.
 
-    ``map_location`` has ``torch.load``'s meanings. Legacy files are read with
-    ``weights_only`` only; a file holding pickled objects raises ``UnsafePickleError``
-    unless ``trust_pickle=True``.
+    ``map_location`` has ``torch.load``'s meanings. With ``mmap=True`` (the default, as
+    in safetensors) CPU tensors are backed by a private copy-on-write mapping of the
+    file: loading copies nothing and pages are read on first use. ``mmap=False`` reads
+    every byte now into ordinary memory (prefer it when another program may truncate
+    the file in place while the tensors live, or on Windows to replace a file that is
+    still loaded). Legacy files are read with ``weights_only`` only; a file holding
+    pickled objects raises ``UnsafePickleError`` unless ``trust_pickle=True``.
     """
-    return read(path, map_location, trust_pickle=trust_pickle).obj
+    return read(path, map_location, mmap=mmap, trust_pickle=trust_pickle).obj
 
 
 def read(
     path: PathLike,
     map_location: MapLocation = None,
     *,
+    mmap: bool = True,
     trust_pickle: bool = False,
     progress: ProgressFn | None = None,
 ) -> Loaded:
-    """Load any supported file and say which kind it was."""
+    """Load any supported file and say which kind it was (``progress`` implies ``mmap=False``)."""
     spath = os.fspath(path)
     prefix = file_prefix(spath)
     if looks_like_safetensors(prefix):
-        return _read_safetensors(read_header(spath), map_location, progress)
+        header = read_header(spath)
+        raw = map_tensors(header) if mmap and progress is None else read_tensors(header, progress=progress)
+        return _decode(header, raw, map_location)
     if legacy_kind(prefix):
         return Loaded(load_legacy(spath, map_location, trust_pickle=trust_pickle), "legacy")
     raise unknown_format(spath, prefix)
@@ -160,13 +168,14 @@ def restore_complex(tensor: torch.Tensor, info: dict[str, Any], path: str) -> to
     expected = {"complex128": torch.float64, "complex32": torch.float16}.get(str(wanted))
     if expected is None or tensor.dtype != expected or tensor.dim() == 0 or tensor.shape[-1] != 2:
         raise CorruptFileError(f"{path}: a complex tensor is stored with the wrong layout.", path=path)
+    if tensor.data_ptr() % (2 * tensor.element_size()):
+        tensor = tensor.clone()  # complex kernels need the pair's alignment, which the file only gives per part
     return torch.view_as_complex(tensor)
 
 
-def _read_safetensors(header: Header, map_location: MapLocation, progress: ProgressFn | None) -> Loaded:
+def _decode(header: Header, raw: dict[str, torch.Tensor], map_location: MapLocation) -> Loaded:
     meta = parse_meta(header)
     place = placer(map_location, header.path)
-    raw = read_tensors(header, progress=progress)
     if meta is None:
         return Loaded({name: place(t, "cpu") for name, t in raw.items()}, "safetensors")
     stored_info = meta.get("stored", {})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -253,3 +255,44 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path) -> None:
         torchferry.save({"w": torch.ones(10)}, target, progress=fail)
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
     assert torch.equal(torchferry.load(target)["ok"], torch.ones(1))
+
+
+# ------------------------------------------------------------------------------- mmap
+
+
+def test_default_load_maps_the_file_copy_on_write(tmp_path: Path) -> None:
+    path = _save(tmp_path, {"w": torch.arange(1000.0), "i": torch.arange(7)})
+    on_disk = path.read_bytes()
+    mapped = torchferry.load(path)
+    eager = torchferry.load(path, mmap=False)
+    for key in ("w", "i"):
+        assert torch.equal(mapped[key], eager[key])
+    mapped["w"].add_(1.0)  # private mapping: the file never changes
+    assert path.read_bytes() == on_disk
+    assert torch.equal(torchferry.load(path)["w"], torch.arange(1000.0))
+
+
+def test_mapped_tensors_outlive_a_replaced_file(tmp_path: Path) -> None:
+    path = _save(tmp_path, {"w": torch.full((256,), 3.0)})
+    old = torchferry.load(path)["w"]
+    torchferry.save({"w": torch.zeros(256)}, path)  # atomic rename: the old mapping stays valid
+    assert torch.equal(old, torch.full((256,), 3.0))
+    assert torch.equal(torchferry.load(path)["w"], torch.zeros(256))
+
+
+def test_unaligned_tensors_from_other_writers_are_read_not_mapped(tmp_path: Path) -> None:
+    """Other writers may leave a tensor at an offset its dtype cannot be mapped at."""
+    path = tmp_path / "odd.safetensors"
+    safetensors.torch.save_file({"a": torch.arange(3, dtype=torch.uint8), "b": torch.arange(4.0)}, path)
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    data = raw[8 + n :]
+    a_begin, a_end = header["a"]["data_offsets"]
+    b_begin, b_end = header["b"]["data_offsets"]
+    header["a"]["data_offsets"], header["b"]["data_offsets"] = [0, 3], [3, 19]  # b now starts at byte 3
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    path.write_bytes(struct.pack("<Q", len(body)) + body + data[a_begin:a_end] + data[b_begin:b_end])
+    back = torchferry.load(path)
+    assert torch.equal(back["b"], torch.arange(4.0)) and torch.equal(back["a"], torch.arange(3, dtype=torch.uint8))
