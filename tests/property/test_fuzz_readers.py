@@ -306,20 +306,7 @@ def test_metadata_mutation_load_fails_only_with_ferry_error(
     @given(mutant=json_mutations(samples[sample_name], "metadata"))
     def run(mutant: Mutant) -> None:
         scratch.write_bytes(mutant.data)
-        _read(scratch, (torchferry.load,))
-
-    run()
-
-
-@pytest.mark.parametrize("sample_name", _OURS)
-def test_metadata_mutation_describe_fails_only_with_ferry_error(
-    sample_name: str, samples: dict[str, Sample], scratch: Path
-) -> None:
-    @FUZZ_SETTINGS
-    @given(mutant=json_mutations(samples[sample_name], "metadata"))
-    def run(mutant: Mutant) -> None:
-        scratch.write_bytes(mutant.data)
-        _read(scratch, (describe,))
+        _read(scratch, (torchferry.load, describe))
 
     run()
 

@@ -643,16 +643,16 @@ def _resume_malformed(path: Path) -> torch.nn.Linear:
     return model
 
 
-@pytest.mark.parametrize(
-    "case",
-    sorted(MALFORMED_CHECKPOINTS),
-)
-def test_resume_malformed_checkpoint_never_escapes(case: str, checkpoint_meta: tuple[dict[str, Any], Path]) -> None:
-    """resume() may accept odd values (an epoch that is a map), but only our errors escape it."""
+@pytest.mark.parametrize("reader", [_resume_malformed, describe], ids=["resume", "describe"])
+@pytest.mark.parametrize("case", sorted(MALFORMED_CHECKPOINTS))
+def test_malformed_checkpoint_never_escapes(
+    case: str, reader: Callable[[Path], object], checkpoint_meta: tuple[dict[str, Any], Path]
+) -> None:
+    """resume() and describe() may accept odd values (an epoch that is a map), but only our errors escape."""
     parts, path = checkpoint_meta
     _write_variant(parts, path, MALFORMED_CHECKPOINTS[case])
     try:
-        _resume_malformed(path)
+        reader(path)
     except FerryError as exc:
         assert str(path) in str(exc)
 
@@ -665,19 +665,6 @@ def test_resume_bad_rng_leaves_model_untouched(checkpoint_meta: tuple[dict[str, 
     with pytest.raises(FerryError):
         torchferry.resume(path, model=model)
     assert torch.equal(model.weight, before)
-
-
-@pytest.mark.parametrize(
-    "case",
-    sorted(MALFORMED_CHECKPOINTS),
-)
-def test_describe_malformed_checkpoint_never_escapes(case: str, checkpoint_meta: tuple[dict[str, Any], Path]) -> None:
-    parts, path = checkpoint_meta
-    _write_variant(parts, path, MALFORMED_CHECKPOINTS[case])
-    try:
-        describe(path)
-    except FerryError as exc:
-        assert str(path) in str(exc)
 
 
 # ----------------------------------------------------------------------------- CLI
