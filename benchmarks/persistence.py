@@ -188,6 +188,10 @@ def _load_torchferry(path: Path) -> Any:
     return torchferry.load(path)
 
 
+def _load_torchferry_eager(path: Path) -> Any:
+    return torchferry.load(path, mmap=False)
+
+
 def _load_safetensors(path: Path) -> Any:
     return st.load_file(path)
 
@@ -218,6 +222,7 @@ _PREALLOCATED = PreallocatedRead()
 LOADERS: dict[str, Loader] = {
     "torchferry.load": Loader(_load_torchferry, "safetensors"),
     "safetensors load_file": Loader(_load_safetensors, "safetensors"),
+    "torchferry.load (mmap=False)": Loader(_load_torchferry_eager, "safetensors"),
     "safetensors load_file (pread)": Loader(_load_safetensors_pread, "safetensors"),
     "torch.load (weights_only)": Loader(_load_torch, "torch"),
     "torch.load (weights_only, mmap)": Loader(_load_torch_mmap, "torch"),
@@ -449,54 +454,77 @@ def summarize(samples: list[float], nbytes: int) -> dict[str, Any]:
     return {"median_s": median, "mb_per_s": nbytes / median / MB, "samples_s": samples}
 
 
-OURS = "torchferry.load"
-REFERENCES = {
-    "load_file": "safetensors load_file",
-    "pread": "safetensors load_file (pread)",
-    "torch_load": "torch.load (weights_only)",
-    "fresh_readinto": "limit: readinto, fresh buffer",
-    "prealloc_readinto": "limit: readinto, preallocated",
+OURS_MMAP = "torchferry.load"
+OURS_EAGER = "torchferry.load (mmap=False)"
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "mmap_vs_load_file": (OURS_MMAP, "safetensors load_file"),
+    "mmap_vs_torch_mmap": (OURS_MMAP, "torch.load (weights_only, mmap)"),
+    "eager_vs_pread": (OURS_EAGER, "safetensors load_file (pread)"),
+    "eager_vs_torch_load": (OURS_EAGER, "torch.load (weights_only)"),
+    "eager_vs_fresh_readinto": (OURS_EAGER, "limit: readinto, fresh buffer"),
+    "eager_vs_prealloc_readinto": (OURS_EAGER, "limit: readinto, preallocated"),
 }
-"""Readers torchferry.load is compared with, by the short key used in ratio names."""
+"""Load ratios by short key: (torchferry reader, reader it is compared with). The default,
+memory-mapped ``torchferry.load`` is compared with mmap readers, ``mmap=False`` with copying ones."""
 SECTIONS = {"fresh_process": "fresh process", "in_process": "in-process repeat"}
 KINDS = {"load": "call alone", "load_touch": "load + touch"}
 
 
+def _save_ratios(
+    save_samples: dict[str, list[float]], suffix: str, statistic: Callable[[list[float]], float]
+) -> dict[str, float]:
+    save = {name: statistic(samples) for name, samples in save_samples.items()}
+    return {
+        f"save_no_fsync_vs_save_file{suffix}": save["torchferry.save (fsync=False)"] / save["safetensors save_file"],
+        f"save_fsync_vs_save_file_fsync{suffix}": save["torchferry.save (fsync)"]
+        / save["safetensors save_file + fsync"],
+    }
+
+
 def compute_ratios(results: dict[str, Any]) -> dict[str, float]:
     """Ratios of medians, torchferry over a reference (lower is better for all of them)."""
-    ratios = {"load_peak_rss_vs_tensor_bytes": results["memory"][OURS]["load"]}
-    for suffix, statistic in (("", statistics.median), ("_fastest", min)):
-        save = {name: statistic(entry["samples_s"]) for name, entry in results["save"].items()}
-        no_fsync = save["torchferry.save (fsync=False)"] / save["safetensors save_file"]
-        ratios[f"save_no_fsync_vs_save_file{suffix}"] = no_fsync
-        fsync = save["torchferry.save (fsync)"] / save["safetensors save_file + fsync"]
-        ratios[f"save_fsync_vs_save_file_fsync{suffix}"] = fsync
+    memory = results["memory"]
+    ratios = {
+        "load_peak_rss_after_touch_vs_tensor_bytes": memory[OURS_MMAP]["touch"],
+        "load_peak_rss_after_load_vs_tensor_bytes": memory[OURS_MMAP]["load"],
+        "eager_load_peak_rss_after_load_vs_tensor_bytes": memory[OURS_EAGER]["load"],
+    }
+    save_samples = {name: entry["samples_s"] for name, entry in results["save"].items()}
+    ratios.update(_save_ratios(save_samples, "", statistics.median))
+    ratios.update(_save_ratios(save_samples, "_fastest", min))
     for section in SECTIONS:
         for kind in KINDS:
             median = {name: entry[kind]["median_s"] for name, entry in results[section].items()}
-            for key, reference in REFERENCES.items():
-                ratios[f"{section}_{kind}_vs_{key}"] = median[OURS] / median[reference]
+            for key, (ours, reference) in COMPARISONS.items():
+                ratios[f"{section}_{kind}_{key}"] = median[ours] / median[reference]
     return ratios
 
 
 TARGET = 1.1
 TARGETS = {
-    "fresh_process_load_vs_load_file": "load / safetensors load_file, fresh process, call alone",
-    "fresh_process_load_touch_vs_load_file": "load / safetensors load_file, fresh process, load + touch",
-    "in_process_load_vs_load_file": "load / safetensors load_file, in-process, call alone",
-    "in_process_load_touch_vs_load_file": "load / safetensors load_file, in-process, load + touch",
+    "fresh_process_load_mmap_vs_load_file": "load / safetensors load_file, fresh process, call alone",
+    "fresh_process_load_touch_mmap_vs_load_file": "load / safetensors load_file, fresh process, load + touch",
+    "in_process_load_mmap_vs_load_file": "load / safetensors load_file, in-process, call alone",
+    "in_process_load_touch_mmap_vs_load_file": "load / safetensors load_file, in-process, load + touch",
+    "fresh_process_load_touch_eager_vs_pread": "load(mmap=False) / load_file (pread), fresh process, load + touch",
     "save_no_fsync_vs_save_file": "save(fsync=False) / safetensors save_file",
     "save_fsync_vs_save_file_fsync": "save (fsync) / safetensors save_file + fsync",
-    "load_peak_rss_vs_tensor_bytes": "load peak RSS growth / tensor bytes",
+    "load_peak_rss_after_touch_vs_tensor_bytes": "load peak RSS growth after touch / tensor bytes",
 }
 CONTEXT = {
     "save_no_fsync_vs_save_file_fastest": "save(fsync=False) / save_file, fastest run of each",
     "save_fsync_vs_save_file_fsync_fastest": "save (fsync) / save_file + fsync, fastest run of each",
-    "fresh_process_load_vs_pread": "load / load_file (pread), fresh process",
-    "fresh_process_load_vs_torch_load": "load / torch.load, fresh process",
-    "fresh_process_load_vs_fresh_readinto": "load / readinto fresh buffer, fresh process",
-    "in_process_load_vs_pread": "load / load_file (pread), in-process",
-    "in_process_load_vs_prealloc_readinto": "load / readinto preallocated, in-process",
+    "fresh_process_load_touch_mmap_vs_torch_mmap": "load / torch.load (mmap), fresh process, load + touch",
+    "in_process_load_touch_eager_vs_pread": "load(mmap=False) / load_file (pread), in-process, load + touch",
+    "fresh_process_load_touch_eager_vs_torch_load": "load(mmap=False) / torch.load, fresh process, load + touch",
+    "fresh_process_load_touch_eager_vs_fresh_readinto": (
+        "load(mmap=False) / readinto fresh buffer, fresh process, load + touch"
+    ),
+    "in_process_load_touch_eager_vs_prealloc_readinto": (
+        "load(mmap=False) / readinto preallocated, in-process, load + touch"
+    ),
+    "load_peak_rss_after_load_vs_tensor_bytes": "load peak RSS growth after the call / tensor bytes",
+    "eager_load_peak_rss_after_load_vs_tensor_bytes": "load(mmap=False) peak RSS growth after the call / tensor bytes",
 }
 
 
