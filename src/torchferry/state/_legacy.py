@@ -21,6 +21,7 @@ import torch
 from torchferry._types import MapLocation
 from torchferry.errors import CorruptFileError, DeviceError, FerryError, FileFormatError, UnsafePickleError
 from torchferry.state._pickle_scan import Scan, scan_globals
+from torchferry.state._safetensors_io import file_prefix
 
 ZIP_MAGIC = b"PK\x03\x04"
 _DANGEROUS_MODULES = {
@@ -112,7 +113,7 @@ def _classify_runtime_error(path: str, exc: BaseException) -> FerryError:
 def load_legacy(path: str | os.PathLike[str], map_location: MapLocation = None, *, trust_pickle: bool = False) -> Any:
     """Load a ``torch.save`` file: tensors and plain containers only, unless trusted."""
     spath = str(path)
-    is_zip = legacy_kind(_prefix(spath)) == "zip"
+    is_zip = legacy_kind(file_prefix(spath)) == "zip"
     try:
         with warnings.catch_warnings():
             # torch warns before failing on protocol-4 pickles; the failure is what we report
@@ -141,11 +142,3 @@ def _load_trusted(path: str, map_location: MapLocation) -> Any:
         ) from None
     except Exception as exc:
         raise _classify_runtime_error(path, exc) from None
-
-
-def _prefix(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(8)
-    except OSError:
-        return b""

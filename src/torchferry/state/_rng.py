@@ -77,8 +77,3 @@ def _byte_tensor(value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
         raise ValueError("a generator state is not a uint8 tensor")
     return value.cpu()
-
-
-def restore(state: Any) -> list[str]:
-    """Put the generators back; return the names of those restored."""
-    return prepare(state)()
