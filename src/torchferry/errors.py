@@ -9,11 +9,16 @@ actual value; why, when it is not obvious; the exact call, flag or command that 
 
     FerryError                      base class; never raised itself
     ├── FileFormatError             a file is not in a format torchferry reads (empty, wrong kind)
-    │   └── CorruptFileError        a file of a known format is truncated or damaged
+    │   ├── CorruptFileError        a file of a known format is truncated or damaged
+    │   └── ArchiveError            a .ferry archive is malformed, unsafe or of an unknown format version
+    │       └── IntegrityError      an archive member's size or hash differs from the manifest (.member)
+    ├── UntrustedCodeError          an archive carries Python code and trust_code=True was not given
+    ├── PackagingError              pack() cannot build a self-contained program (.unresolved modules)
     ├── UnsafePickleError           a legacy pickle holds Python objects; loading it could run code
     ├── UnsupportedObjectError      save() met a value it cannot store safely (key path in .key_path)
     ├── DeviceError                 a tensor's device is unavailable or map_location is invalid
     ├── UsageError                  an argument is invalid (e.g. a rename that maps two keys to one)
+    │   └── InputError              predict() inputs do not match the model's signature
     ├── StateDictMismatchError      load_into(strict=True) found missing/unexpected/mismatched keys
     └── CheckpointError             a checkpoint lacks what resume() was asked to restore
 """
@@ -27,12 +32,17 @@ if TYPE_CHECKING:
     from torchferry.state.report import LoadReport
 
 __all__ = [
+    "ArchiveError",
     "CheckpointError",
     "CorruptFileError",
     "DeviceError",
     "FerryError",
     "FileFormatError",
+    "InputError",
+    "IntegrityError",
+    "PackagingError",
     "StateDictMismatchError",
+    "UntrustedCodeError",
     "UnsafePickleError",
     "UnsupportedObjectError",
     "UsageError",
@@ -61,6 +71,39 @@ class FileFormatError(FerryError):
 
 class CorruptFileError(FileFormatError):
     """Raised when a file of a known format is truncated or its contents are inconsistent."""
+
+
+class ArchiveError(FileFormatError):
+    """Raised when a ``.ferry`` archive is malformed (bad zip, bad manifest, unsafe member
+    names, compressed or overlapping members) or uses a format version this release does not read."""
+
+
+class IntegrityError(ArchiveError):
+    """Raised when an archive member's size or hash differs from the manifest; ``.member`` names it."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, member: str) -> None:
+        super().__init__(message, path=path)
+        self.member = member
+
+
+class UntrustedCodeError(FerryError):
+    """Raised when opening an archive that carries Python code without ``trust_code=True``."""
+
+    http_status = 403
+
+
+class PackagingError(FerryError):
+    """Raised by ``pack`` when it cannot build a self-contained program.
+
+    ``.unresolved`` lists every module that could not be classified (all at once, never
+    one per attempt); the message gives the pattern that fixes each.
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, *, unresolved: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.unresolved = list(unresolved or [])
 
 
 class UnsafePickleError(FerryError):
@@ -99,6 +142,11 @@ class UsageError(FerryError):
     """Raised when the caller passes an argument torchferry cannot act on."""
 
     http_status = 400
+
+
+class InputError(UsageError):
+    """Raised when inputs given to ``predict`` do not match the model's signature
+    (missing or extra names, dtype, rank, fixed dimensions); the message shows expected vs got."""
 
 
 class StateDictMismatchError(FerryError):

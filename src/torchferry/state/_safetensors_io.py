@@ -88,6 +88,9 @@ class Header:
     entries: dict[str, TensorEntry]
     metadata: dict[str, str]
     data_start: int
+    """Absolute file offset of the first tensor byte."""
+    region_end: int
+    """Absolute file offset just past the region (the whole file, or one zip member)."""
 
     @property
     def data_bytes(self) -> int:
@@ -157,12 +160,20 @@ def _check_layout(path: str, entries: Iterable[TensorEntry], data_size: int) -> 
         )
 
 
-def read_header(path: str | os.PathLike[str]) -> Header:
-    """Read and fully validate the header of the safetensors file at ``path``."""
+def read_header(path: str | os.PathLike[str], *, offset: int = 0, length: int | None = None) -> Header:
+    """Read and fully validate the safetensors header at ``path``.
+
+    ``offset``/``length`` select a region of the file (a stored member of a zip archive);
+    by default the whole file is the safetensors data.
+    """
     spath = str(path)
     try:
         with open(spath, "rb") as handle:
-            file_size = os.fstat(handle.fileno()).st_size
+            real_size = os.fstat(handle.fileno()).st_size
+            file_size = real_size - offset if length is None else length
+            if offset + file_size > real_size:
+                raise _corrupt(spath, f"the region of {file_size} bytes at {offset} runs past the end of the file")
+            handle.seek(offset)
             prefix = handle.read(8)
             if len(prefix) < 8:
                 raise _corrupt(spath, f"the file is only {file_size} bytes long")
@@ -188,7 +199,7 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     entries = {name: _parse_entry(spath, name, raw_entry) for name, raw_entry in parsed.items()}
     data_start = 8 + header_len
     _check_layout(spath, entries.values(), file_size - data_start)
-    return Header(spath, entries, metadata, data_start)
+    return Header(spath, entries, metadata, offset + data_start, offset + file_size)
 
 
 def _byte_view(tensor: torch.Tensor) -> memoryview:
@@ -236,7 +247,7 @@ def map_tensors(header: Header) -> dict[str, torch.Tensor]:
     try:
         with open(header.path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            if size != header.data_start + header.data_bytes:
+            if size < header.region_end or header.region_end != header.data_start + header.data_bytes:
                 raise _corrupt(header.path, "the file changed size while it was being opened")
             mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as exc:
