@@ -1,17 +1,26 @@
 """torchferry: move trained PyTorch models from the machine that trained them to the
 machines that use them.
 
-This release covers safe save/restore of training state::
+Safe save/restore of training state, and self-contained model archives::
 
     import torchferry as ferry
     ferry.save(model.state_dict(), "model.safetensors")
     report = ferry.load_into(model, "model.safetensors", rename={"module.": ""})
     ferry.save_checkpoint("ckpt.safetensors", model=model, optimizer=opt, epoch=3)
     ckpt = ferry.resume("ckpt.safetensors", model=model, optimizer=opt)
+    ferry.pack(model, "model.ferry", example_inputs=x)  # no source needed to open it
+    served = ferry.load_model("model.ferry")            # served(x), served.predict(...)
 """
 
 from torchferry._version import __version__
+from torchferry.archive.manifest import Manifest
+from torchferry.archive.processing import Classify, ImageInput
+from torchferry.archive.reader import inspect
 from torchferry.errors import FerryError
+from torchferry.runtime.load import load_model
+from torchferry.runtime.pack import pack
+from torchferry.runtime.packaged import Packaged
+from torchferry.runtime.verify import VerifyReport, verify
 from torchferry.state.checkpoint import Checkpoint, resume, save_checkpoint
 from torchferry.state.load_into import load_into
 from torchferry.state.report import LoadReport
@@ -19,12 +28,21 @@ from torchferry.state.tensors import load, save
 
 __all__ = [
     "Checkpoint",
+    "Classify",
     "FerryError",
+    "ImageInput",
     "LoadReport",
+    "Manifest",
+    "Packaged",
+    "VerifyReport",
     "__version__",
+    "inspect",
     "load",
     "load_into",
+    "load_model",
+    "pack",
     "resume",
     "save",
     "save_checkpoint",
+    "verify",
 ]

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -279,24 +279,19 @@ def _read_exactly(handle: io.FileIO, view: memoryview, path: str) -> None:
         filled += count
 
 
-def _write_all(handle: io.FileIO, data: memoryview | bytes) -> None:
+def _write_all(handle: IO[bytes], data: memoryview | bytes) -> None:
     view = memoryview(data)
     while view:
         written = handle.write(view)
         view = view[written or 0 :]
 
 
-def write_safetensors(
-    handle: io.FileIO,
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str],
-    *,
-    progress: ProgressFn | None = None,
-) -> None:
-    """Write contiguous CPU ``tensors`` as a safetensors file into ``handle``.
+def plan_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[str]]:
+    """The length-prefixed header and the order tensors follow it in.
 
-    Tensors are laid out by decreasing item size, so each starts naturally aligned
-    (the header is padded to a multiple of 8) and can be memory-mapped as-is.
+    Tensors are laid out by decreasing item size, so each starts naturally aligned (the
+    header is padded to a multiple of 8) and can be memory-mapped as-is. The file's size
+    is ``len(prefix)`` plus the tensors' bytes.
     """
     if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
         raise FileFormatError("torchferry writes little-endian safetensors only.")
@@ -314,7 +309,19 @@ def write_safetensors(
         position += nbytes
     encoded = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     encoded += b" " * (-len(encoded) % HEADER_ALIGNMENT)
-    _write_all(handle, struct.pack("<Q", len(encoded)) + encoded)
+    return struct.pack("<Q", len(encoded)) + encoded, order
+
+
+def write_safetensors(
+    handle: IO[bytes],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    *,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Write contiguous CPU ``tensors`` as a safetensors file into ``handle`` (see ``plan_safetensors``)."""
+    prefix, order = plan_safetensors(tensors, metadata)
+    _write_all(handle, prefix)
     for name in order:
         tensor = tensors[name]
         if tensor.numel():

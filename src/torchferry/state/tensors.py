@@ -65,6 +65,13 @@ def write_structure(
     progress: ProgressFn | None = None,
 ) -> None:
     """Encode and atomically write ``obj``; ``kind`` tells readers what the tree means."""
+    tensors, metadata = encode_structure(obj, kind=kind)
+    with atomic_write(path, fsync=fsync) as handle:
+        write_safetensors(handle, tensors, metadata, progress=progress)
+
+
+def encode_structure(obj: TensorTree, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and safetensors metadata that store ``obj`` (``kind`` as in ``write_structure``)."""
     encoded = _tree.encode(obj)
     header = {
         "format": FORMAT_ID,
@@ -75,9 +82,7 @@ def write_structure(
         "torchferry": __version__,
     }
     metadata = {"format": "pt", META_KEY: json.dumps(header, separators=(",", ":"), allow_nan=False)}
-    tensors = {name: s.tensor for name, s in encoded.stored.items()}
-    with atomic_write(path, fsync=fsync) as handle:
-        write_safetensors(handle, tensors, metadata, progress=progress)
+    return {name: s.tensor for name, s in encoded.stored.items()}, metadata
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def read(
     if looks_like_safetensors(prefix):
         header = read_header(spath)
         raw = map_tensors(header) if mmap and progress is None else read_tensors(header, progress=progress)
-        return _decode(header, raw, map_location)
+        return decode(header, raw, map_location)
     if legacy_kind(prefix):
         return Loaded(load_legacy(spath, map_location, trust_pickle=trust_pickle), "legacy")
     raise unknown_format(spath, prefix)
@@ -173,7 +178,8 @@ def restore_complex(tensor: torch.Tensor, info: dict[str, Any], path: str) -> to
     return torch.view_as_complex(tensor)
 
 
-def _decode(header: Header, raw: dict[str, torch.Tensor], map_location: MapLocation) -> Loaded:
+def decode(header: Header, raw: dict[str, torch.Tensor], map_location: MapLocation) -> Loaded:
+    """Rebuild what a safetensors file holds from its header and raw tensors."""
     meta = parse_meta(header)
     place = placer(map_location, header.path)
     if meta is None:

@@ -1,0 +1,1 @@
+"""The ``.ferry`` archive format: container, manifest, integrity, program capture."""

@@ -1,0 +1,1 @@
+"""Turning archives into callables: the graph interpreter, captured code, ``pack``/``load_model``/``verify``."""

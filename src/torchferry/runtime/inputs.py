@@ -1,0 +1,76 @@
+"""Checking ``predict`` inputs against the signature, with errors that show expected vs got."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchferry.archive.manifest import Signature, TensorSpec
+from torchferry.archive.signature import DTYPE_BY_NAME
+from torchferry.errors import InputError
+
+__all__ = ["as_named", "check_tensor", "to_tensor"]
+
+
+def as_named(signature: Signature, inputs: Any) -> dict[str, Any]:
+    """``inputs`` as ``{input name: value}``: a dict, or one bare value for a one-input model."""
+    names = [spec.name for spec in signature.inputs]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        extra = [k for k in inputs if k not in names]
+        if missing or extra:
+            raise InputError(
+                f"inputs do not match the signature: expected {names}, got {list(inputs)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+                + "."
+            )
+        return {n: inputs[n] for n in names}
+    if len(names) != 1:
+        raise InputError(f"this model takes {len(names)} inputs {names}; pass a dict {{name: value}}.")
+    return {names[0]: inputs}
+
+
+def to_tensor(spec: TensorSpec, value: Any) -> torch.Tensor:
+    """A tensor of ``spec``'s dtype from a tensor, numpy array, nested list or scalar."""
+    dtype = DTYPE_BY_NAME[spec.dtype]
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufc":
+            raise InputError(f"input {spec.name!r}: expected {spec.dtype} numbers, got a numpy {value.dtype} array.")
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    else:
+        try:
+            return torch.tensor(value, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"input {spec.name!r}: expected {spec.describe()} as nested lists of numbers, got "
+                f"{type(value).__name__} ({exc})."
+            ) from None
+    if tensor.dtype == dtype:
+        return tensor
+    if not np.can_cast(_np_dtype(tensor.dtype), _np_dtype(dtype), "same_kind"):
+        raise InputError(
+            f"input {spec.name!r}: expected dtype {spec.dtype}, got {str(tensor.dtype).split('.')[-1]} "
+            "(it cannot be converted without losing its kind, e.g. float to int)."
+        )
+    return tensor.to(dtype)
+
+
+def _np_dtype(dtype: torch.dtype) -> Any:
+    if dtype == torch.bfloat16:
+        return np.float32
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+def check_tensor(spec: TensorSpec, tensor: torch.Tensor, *, batched: bool = True) -> None:
+    """Rank and fixed dims must match ``spec`` (dim 0 is skipped for an unbatched sample)."""
+    expected: Sequence[int] = spec.shape if batched else spec.shape[1:]
+    got = list(tensor.shape)
+    if len(got) != len(expected) or any(e >= 0 and e != g for e, g in zip(expected, got)):
+        want = ",".join("?" if d < 0 else str(d) for d in expected)
+        raise InputError(f"input {spec.name!r}: expected shape [{want}], got {got}.")

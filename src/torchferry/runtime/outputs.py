@@ -1,0 +1,31 @@
+"""Comparing outputs: the error measures ``pack``'s parity check and ``verify`` report."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["all_close", "max_errors"]
+
+
+def max_errors(expected: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
+    """``(max absolute error, max relative error)``; exact for integer and bool outputs."""
+    if expected.numel() == 0:
+        return 0.0, 0.0
+    want = expected.detach().to("cpu", torch.float64)
+    have = actual.detach().to("cpu", torch.float64)
+    diff = (want - have).abs()
+    both_nan = want.isnan() & have.isnan()
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    diff = torch.where(diff.isnan(), torch.full_like(diff, float("inf")), diff)
+    rel = diff / want.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
+    return float(diff.max()), float(rel.max())
+
+
+def all_close(expected: torch.Tensor, actual: torch.Tensor, *, rtol: float, atol: float) -> bool:
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|`` (NaN equals NaN), shapes equal."""
+    if expected.shape != actual.shape:
+        return False
+    want = expected.detach().to("cpu", torch.float64)
+    have = actual.detach().to("cpu", torch.float64)
+    return bool(torch.isclose(have, want, rtol=rtol, atol=atol, equal_nan=True).all())
