@@ -24,7 +24,7 @@ from torchferry.state.tensors import decode
 
 MAX_JSON_MEMBER_BYTES = 512 * 1024 * 1024
 
-__all__ = ["ArchiveReader", "inspect", "open_archive"]
+__all__ = ["ArchiveReader", "inspect", "is_archive", "open_archive"]
 
 
 class ArchiveReader:
@@ -113,3 +113,17 @@ def inspect(path: PathLike) -> Manifest:
     'lin'
     """
     return open_archive(path).manifest
+
+
+def is_archive(path: PathLike) -> bool:
+    """Whether ``path`` looks like a ``.ferry`` archive: a zip file with a ``ferry.json`` member."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":
+                return False
+            handle.seek(0)
+            return MANIFEST_NAME in zipfile.ZipFile(handle).namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False

@@ -10,14 +10,15 @@ import typer
 
 from torchferry._version import __version__
 from torchferry.cli._render import err_console
-from torchferry.cli.commands import convert, inspect
+from torchferry.cli.commands import convert, inspect, pack, verify
 from torchferry.errors import FerryError
 
 EXIT_ERROR = 1
 
 app = typer.Typer(
     name="torchferry",
-    help="Move trained PyTorch models safely: inspect and convert state files.\n\n"
+    help="Move trained PyTorch models safely: pack self-contained archives, verify and inspect them, "
+    "convert legacy files.\n\n"
     "Run `torchferry COMMAND --help` for examples.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,7 +43,9 @@ def _root(
     """Move trained PyTorch models safely."""
 
 
+app.command("pack", epilog=pack.EPILOG)(pack.pack_command)
 app.command("inspect", epilog=inspect.EPILOG)(inspect.inspect_command)
+app.command("verify", epilog=verify.EPILOG)(verify.verify_command)
 app.command("convert", epilog=convert.EPILOG)(convert.convert_command)
 
 

@@ -9,10 +9,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from torchferry.archive.reader import inspect as inspect_archive
+from torchferry.archive.reader import is_archive
 from torchferry.cli._render import console, human_bytes
+from torchferry.cli.commands.inspect_archive import print_archive
 from torchferry.state.summary import StateSummary, describe
 
 EPILOG = """Examples:
+
+  torchferry inspect model.ferry
+
+  torchferry inspect model.ferry --json | jq .signature
 
   torchferry inspect model.safetensors
 
@@ -55,16 +62,21 @@ def _tensor_table(summary: StateSummary, limit: int | None) -> Table:
 
 
 def inspect_command(
-    file: Annotated[Path, typer.Argument(help="A torchferry, safetensors or torch.save (.pt/.pth) file.")],
+    file: Annotated[Path, typer.Argument(help="A .ferry archive, or a torchferry, safetensors or torch.save file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every tensor (default: the first 50).")] = False,
 ) -> None:
-    """Show the tensors in a state file (name, dtype, shape, size, totals) and, for
-    checkpoints, the epoch, step, models, optimizers and extras.
+    """Show what a file holds without running it. For a .ferry archive: name, program
+    kind, signature, requirements, labels, processing, metadata and members (--json
+    prints the manifest itself). For a state file: the tensors (name, dtype, shape,
+    size, totals) and, for checkpoints, the epoch, step, models, optimizers and extras.
 
     Nothing is executed: legacy files are read with weights_only, and for safetensors
     files only the header is read.
     """
+    if is_archive(file) or file.suffix == ".ferry":
+        print_archive(inspect_archive(file), file.stat().st_size, as_json=as_json)
+        return
     summary = describe(file)
     if as_json:
         console.print_json(json.dumps(_as_json(summary), default=str))
