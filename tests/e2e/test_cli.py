@@ -28,7 +28,7 @@ def test_version_and_help_with_examples() -> None:
     assert cli("--version").stdout.strip() == f"torchferry {torchferry.__version__}"
     root = cli("--help")
     assert root.returncode == 0 and "inspect" in root.stdout and "convert" in root.stdout
-    for command in ("inspect", "convert"):
+    for command in ("inspect", "convert", "pack", "verify"):
         help_text = cli(command, "--help").stdout
         assert "Examples:" in help_text and f"torchferry {command} " in help_text
 

@@ -52,7 +52,7 @@ app.command("convert", epilog=convert.EPILOG)(convert.convert_command)
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; our errors print as ``error: ...`` and exit with status 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here
     except FerryError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         return EXIT_ERROR
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if callable(show):
             show()
         return int(getattr(exc, "exit_code", 2))
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
