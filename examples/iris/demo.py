@@ -4,8 +4,9 @@
 
 Each step is a separate Python process, because the point is that nothing but the files
 carries over: train and save, reload elsewhere and get the same accuracy, resume
-training from the checkpoint, and (when the ``torchferry`` command is installed) look
-inside the checkpoint from the shell. Exits 1 as soon as a step fails.
+training from the checkpoint, pack the classifier into one archive and use it in a
+process where its class does not exist, and (when the ``torchferry`` command is
+installed) look inside the checkpoint from the shell. Exits 1 as soon as a step fails.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ACCURACY_LINE = re.compile(r"^test accuracy (?P<value>\d\.\d+) \((?P<correct>\d+)/(?P<total>\d+)\)$", re.MULTILINE)
+ARCHIVE_LINE = re.compile(r"^the archive scores what training measured \((?P<value>\d\.\d+)\)", re.MULTILINE)
+LABEL_LINE = re.compile(r"^\s*flower \d+ \[.*\] -> (?P<label>\w+) ", re.MULTILINE)
 RESUMED_LINE = re.compile(r"^resumed .* at epoch (?P<epoch>\d+) ", re.MULTILINE)
 INDENT = "    "
 
@@ -82,7 +85,7 @@ def find(pattern: re.Pattern[str], output: str, what: str) -> re.Match[str]:
 
 def step_train(workdir: str, epochs: int) -> re.Match[str]:
     """Step 1: train from scratch and save weights, checkpoint and accuracy."""
-    print(f"1/3 train: {epochs} epochs of Adam (lr 0.001, batch 5) on 105 Iris flowers, then save")
+    print(f"1/4 train: {epochs} epochs of Adam (lr 0.001, batch 5) on 105 Iris flowers, then save")
     output = run_script("train.py", "--workdir", workdir, "--epochs", str(epochs))
     accuracy = find(ACCURACY_LINE, output, "the test accuracy")
     print(f"{INDENT}-> test accuracy {accuracy['value']} on 45 held-out flowers; saved with torchferry\n")
@@ -91,7 +94,7 @@ def step_train(workdir: str, epochs: int) -> re.Match[str]:
 
 def step_evaluate(workdir: str, trained: re.Match[str]) -> None:
     """Step 2: a fresh process rebuilds the model, loads the weights, and must score the same."""
-    print("2/3 reload in a fresh process: rebuild Multiclass, torchferry.load_into, score the same 45 flowers")
+    print("2/4 reload in a fresh process: rebuild Multiclass, torchferry.load_into, score the same 45 flowers")
     output = run_script("evaluate.py", "--workdir", workdir)
     reloaded = find(ACCURACY_LINE, output, "the test accuracy")
     if reloaded.group(0) != trained.group(0):
@@ -101,12 +104,23 @@ def step_evaluate(workdir: str, trained: re.Match[str]) -> None:
 
 def step_resume(workdir: str, epochs: int, more: int) -> None:
     """Step 3: continue training from the checkpoint, with the optimizer state it saved."""
-    print(f"3/3 resume the checkpoint (weights + Adam state + epoch) for {more} more epochs")
+    print(f"3/4 resume the checkpoint (weights + Adam state + epoch) for {more} more epochs")
     output = run_script("train.py", "--workdir", workdir, "--resume", "--epochs", str(more))
     resumed_at = int(find(RESUMED_LINE, output, "a 'resumed ... at epoch N' line")["epoch"])
     if resumed_at != epochs:
         raise DemoError(f"resumed at epoch {resumed_at}, but the checkpoint was written after epoch {epochs}")
     print(f"{INDENT}-> picked up at epoch {resumed_at} and went on to epoch {epochs + more} \u2713\n")
+
+
+def step_pack(workdir: str) -> None:
+    """Step 4: one archive with the graph, weights and labels, opened where ``Multiclass`` is not."""
+    print("4/4 pack into iris.ferry, then label flowers in a fresh process that cannot import Multiclass")
+    output = run_script("pack.py", "--workdir", workdir)
+    labels = LABEL_LINE.findall(output)
+    if not labels:
+        raise DemoError("expected the labels predicted for a few flowers in the output above, found none")
+    accuracy = find(ARCHIVE_LINE, output, "the archive's accuracy")
+    print(f"{INDENT}-> {', '.join(labels)}; same accuracy {accuracy['value']} from the archive alone \u2713\n")
 
 
 def step_inspect(workdir: str) -> None:
@@ -129,16 +143,17 @@ def use_safe_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the three steps (and the optional CLI look) in order; stop at the first failure."""
+    """Run the four steps (and the optional CLI look) in order; stop at the first failure."""
     args = parse_args(argv)
     use_safe_stdout()
     workdir = str(args.workdir)
     started = time.perf_counter()
-    print(f"torchferry demo: save, reload and resume an Iris classifier (files in {workdir}/)\n")
+    print(f"torchferry demo: save, reload, resume and pack an Iris classifier (files in {workdir}/)\n")
     try:
         trained = step_train(workdir, args.epochs)
         step_evaluate(workdir, trained)
         step_resume(workdir, args.epochs, args.more_epochs)
+        step_pack(workdir)
         step_inspect(workdir)
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

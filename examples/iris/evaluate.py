@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model import ACCURACY, WEIGHTS, Multiclass, accuracy, format_accuracy, load_data, setup_torch
+from model import ACCURACY, WEIGHTS, Multiclass, accuracy, format_accuracy, load_data, read_accuracy, setup_torch
 
 import torchferry as ferry
 
@@ -26,18 +26,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_expected(path: Path) -> float:
-    """The accuracy train.py wrote; a missing or garbled file is an error, not a pass."""
-    try:
-        return float(path.read_text(encoding="utf-8").strip())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: cannot read the training accuracy from {path} ({exc}); run train.py first") from exc
-
-
 def main(argv: list[str] | None = None) -> int:
     """Rebuild, load, score, compare; exit 0 only when the accuracy is exactly the same."""
     args = parse_args(argv)
-    expected = read_expected(args.workdir / ACCURACY)
+    expected = read_accuracy(args.workdir / ACCURACY)
     setup_torch()
     model = Multiclass()
     try:

@@ -1,13 +1,15 @@
-"""The Iris classifier and its data, shared by ``train.py`` and ``evaluate.py``.
+"""The Iris classifier and its data, shared by ``train.py``, ``evaluate.py`` and ``pack.py``.
 
-Both scripts import this module so that the process that loads the weights builds
+These scripts import this module so that the process that loads the weights builds
 exactly the same architecture, and scores exactly the same test rows, as the process
 that trained them. That is what makes "same accuracy after reloading" a real check.
+``predict.py`` is the exception on purpose: it must work where this module is absent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from sklearn.datasets import load_iris
@@ -27,6 +29,8 @@ CHECKPOINT = "iris-ckpt.safetensors"
 """Weights + Adam state + epoch + last loss, what continuing training needs."""
 ACCURACY = "accuracy.txt"
 """The test accuracy the saved weights reached, for another process to check against."""
+SPECIES = ("setosa", "versicolor", "virginica")
+"""The class names, in the order of the model's outputs (scikit-learn's ``target_names``)."""
 
 
 class Multiclass(nn.Module):
@@ -76,6 +80,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, i
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
     return int((predicted == y).sum()), len(y)
+
+
+def read_accuracy(path: Path) -> float:
+    """The accuracy train.py wrote; a missing or garbled file is an error, not a pass."""
+    try:
+        return float(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read the training accuracy from {path} ({exc}); run train.py first") from exc
 
 
 def format_accuracy(correct: int, total: int) -> str:

@@ -1,10 +1,14 @@
-"""End-to-end checks of ``examples/iris``: the demo that ``make demo`` runs, for real.
+"""End-to-end checks of the examples: ``examples/iris`` (the demo ``make demo`` runs),
+``examples/dcgan`` and ``examples/lenet``, for real.
 
 Everything runs as subprocesses of the test's own interpreter, as a user would run it,
 so these tests catch what unit tests cannot: a weights file that does not survive a
-process boundary, a checkpoint that does not resume, a script that prints the wrong thing.
-The demo runs once per module, beside an uninterrupted training run to compare it with
-(about 25 s on 2 cores, mostly each process importing torch and scikit-learn).
+process boundary, a checkpoint that does not resume, an archive that needs the model's
+class after all, a script that prints the wrong thing. Each example script runs once per
+test module. The Iris demo runs beside an uninterrupted training run to compare it with;
+the DCGAN and LeNet scripts each start one more interpreter (in a temporary directory
+where the model's code cannot be imported). About 65 s on 2 idle cores, mostly each process
+importing torch and scikit-learn, and ``torch.export`` (about 1 s per archive).
 """
 
 from __future__ import annotations
@@ -18,21 +22,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import torchferry as ferry
 
-IRIS = Path(__file__).resolve().parents[2] / "examples" / "iris"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+IRIS = EXAMPLES / "iris"
 ACCURACY_LINE = re.compile(r"^\s*test accuracy (\d\.\d+) \((\d+)/(\d+)\)$", re.MULTILINE)
-SAVED_FILES = ("iris.safetensors", "iris-ckpt.safetensors", "accuracy.txt")
-TIMEOUT_S = 120
+DIFFERENCE = re.compile(r"max abs difference (\S+) from the (?:original generator|trained model)")
+SAVED_FILES = ("iris.safetensors", "iris-ckpt.safetensors", "accuracy.txt", "iris.ferry", "iris-test.json")
+SPECIES = ("setosa", "versicolor", "virginica")
+TIMEOUT_S = 300
+"""Per subprocess; generous because the Iris demo is one subprocess that starts six interpreters in turn."""
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def run_example(script: str, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run an example script in a fresh interpreter; output is captured as UTF-8 (the demo prints a check mark)."""
+def run_example(script: str | Path, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an example script (a path relative to ``examples/iris`` or absolute) in a fresh interpreter;
+    output is captured as UTF-8 (the demo prints a check mark)."""
     return subprocess.run(
         [sys.executable, str(IRIS / script), *map(str, args)],
         cwd=cwd,
@@ -60,18 +71,23 @@ class Runs:
     straight_dir: Path
     tampered: subprocess.CompletedProcess[str] | None
     """``evaluate.py`` on a copy of ``straight_dir`` whose accuracy.txt says 0.5."""
+    tampered_pack: subprocess.CompletedProcess[str] | None
+    """``pack.py`` on that same copy: the archive's accuracy must not match 0.5 either."""
 
 
 def straight_then_tampered(
     root: Path,
-) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None]:
-    """Train 110 epochs without a break, then evaluate a copy whose recorded accuracy is wrong."""
+) -> tuple[
+    subprocess.CompletedProcess[str], subprocess.CompletedProcess[str] | None, subprocess.CompletedProcess[str] | None
+]:
+    """Train 110 epochs without a break, then evaluate and pack a copy whose recorded accuracy is wrong."""
     straight = run_example("train.py", "--workdir", root / "straight", "--epochs", "110", cwd=root)
     if straight.returncode != 0:
-        return straight, None
+        return straight, None, None
     shutil.copytree(root / "straight", root / "tampered")
     (root / "tampered" / "accuracy.txt").write_text("0.5\n", encoding="utf-8")
-    return straight, run_example("evaluate.py", "--workdir", root / "tampered", cwd=root)
+    evaluated = run_example("evaluate.py", "--workdir", root / "tampered", cwd=root)
+    return straight, evaluated, run_example("pack.py", "--workdir", root / "tampered", cwd=root)
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +97,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     with ThreadPoolExecutor(max_workers=2) as pool:
         demo = pool.submit(run_example, "demo.py", "--workdir", root / "demo", cwd=root)
         others = pool.submit(straight_then_tampered, root)
-        straight, tampered = others.result()
-        return Runs(demo.result(), root / "demo", straight, root / "straight", tampered)
+        straight, tampered, tampered_pack = others.result()
+        return Runs(demo.result(), root / "demo", straight, root / "straight", tampered, tampered_pack)
 
 
 def test_demo_succeeds_and_saves_every_file(runs: Runs) -> None:
     assert runs.demo.returncode == 0, explain(runs.demo)
     for name in SAVED_FILES:
         assert (runs.demo_dir / name).is_file(), f"{name} missing\n{explain(runs.demo)}"
-    for step in ("1/3 train", "2/3 reload in a fresh process", "3/3 resume"):
+    for step in ("1/4 train", "2/4 reload in a fresh process", "3/4 resume", "4/4 pack"):
         assert step in runs.demo.stdout
 
 
@@ -132,3 +148,152 @@ def test_evaluate_fails_when_the_accuracy_differs(runs: Runs) -> None:
     assert runs.tampered is not None
     assert runs.tampered.returncode == 1, explain(runs.tampered)
     assert "but training measured 0.5000" in runs.tampered.stderr
+
+
+def test_archive_scores_the_training_accuracy_without_the_class(runs: Runs) -> None:
+    """pack.py's fresh process cannot import Multiclass, and still scores what training measured."""
+    assert runs.demo.returncode == 0, explain(runs.demo)
+    # train.py, evaluate.py, train.py --resume, then predict.py on the archive of the resumed weights.
+    _, _, resumed, from_archive = ACCURACY_LINE.findall(runs.demo.stdout)
+    assert from_archive == resumed
+    assert "module 'model' (where Multiclass is defined) importable here: no" in runs.demo.stdout
+    assert f"same accuracy {resumed[0]} from the archive alone" in runs.demo.stdout
+    labels = re.findall(r"^\s*flower \d \[[\d. ]+\] -> (\w+) +p=0\.\d\d  true (\w+) ", runs.demo.stdout, re.MULTILINE)
+    assert len(labels) == 5
+    assert all(predicted in SPECIES and truth in SPECIES for predicted, truth in labels)
+
+
+def test_demo_archive_is_exported_labelled_and_verifies(runs: Runs) -> None:
+    assert runs.demo.returncode == 0, explain(runs.demo)
+    archive = runs.demo_dir / "iris.ferry"
+    assert ferry.verify(archive).ok
+    model = ferry.load_model(archive)
+    assert model.kind == "export"
+    assert model.labels == SPECIES
+    (ranked,) = model.predict([[5.1, 3.5, 1.4, 0.2]])["output"]  # a textbook setosa
+    assert ranked[0]["label"] == "setosa"
+
+
+def test_pack_fails_when_the_archive_accuracy_differs(runs: Runs) -> None:
+    """pack.py's equality check must be able to fail too."""
+    assert runs.tampered_pack is not None, explain(runs.straight)
+    assert runs.tampered_pack.returncode == 1, explain(runs.tampered_pack)
+    assert "but training measured 0.5000" in runs.tampered_pack.stderr
+
+
+# --- examples/dcgan: a generator whose code spans a package, packed twice ------------------------
+
+DCGAN = EXAMPLES / "dcgan"
+GRID_PIXELS = (138, 138)
+"""4x4 images of 32x32 with 2 pixels of padding around each: 4 * (32 + 2) + 2."""
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """One run of an example script and the work directory it wrote to."""
+
+    result: subprocess.CompletedProcess[str]
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def dcgan(tmp_path_factory: pytest.TempPathFactory) -> ScriptRun:
+    workdir = tmp_path_factory.mktemp("dcgan")
+    return ScriptRun(run_example(DCGAN / "pack_and_generate.py", "--workdir", workdir, cwd=workdir), workdir)
+
+
+def test_dcgan_auto_mode_exports_and_python_mode_captures_the_package(dcgan: ScriptRun) -> None:
+    """What the packing half of the script did (whether the loading half passed is checked below)."""
+    assert "mode='auto' chose export" in dcgan.result.stdout, explain(dcgan.result)
+    assert "packed dcgan-python.ferry: mode='python'" in dcgan.result.stdout, explain(dcgan.result)
+    exported = ferry.inspect(dcgan.workdir / "dcgan-export.ferry")
+    assert exported.kind == "export"
+    assert exported.program.get("fallback_reason") is None
+    captured = ferry.inspect(dcgan.workdir / "dcgan-python.ferry")
+    assert captured.kind == "python"
+    interned = set(captured.program["interned"])
+    assert {"models", "models.networks.dcgan_nets", "models.utils.config"} <= interned
+    assert all(name == "models" or name.startswith("models.") for name in interned)
+    assert "numpy" in captured.program["externed"]
+    assert "numpy" in captured.requirements
+    # The captured code rebuilds the generator here too (models/ is not importable from the tests).
+    assert ferry.verify(dcgan.workdir / "dcgan-python.ferry", trust_code=True).ok
+    assert ferry.verify(dcgan.workdir / "dcgan-export.ferry").ok
+
+
+def test_dcgan_archives_generate_the_original_images_without_the_package(dcgan: ScriptRun) -> None:
+    assert dcgan.result.returncode == 0, explain(dcgan.result)
+    assert "package 'models' importable here: no" in dcgan.result.stdout
+    assert "dcgan-python.ferry: without trust_code: UntrustedCodeError" in dcgan.result.stdout
+    differences = [float(value) for value in DIFFERENCE.findall(dcgan.result.stdout)]
+    assert len(differences) == 2
+    assert max(differences) <= 1e-5
+    for name in ("dcgan-export.png", "dcgan-python.png"):
+        with Image.open(dcgan.workdir / name) as image:
+            image.verify()
+        with Image.open(dcgan.workdir / name) as image:
+            assert (image.format, image.size, image.mode) == ("PNG", GRID_PIXELS, "RGB")
+            colours = {tuple(pixel) for pixel in np.asarray(image).reshape(-1, 3).tolist()}
+            assert len(colours) > 100, "the grid should show 16 different images"
+
+
+def test_dcgan_loader_fails_when_the_images_differ(dcgan: ScriptRun, tmp_path: Path) -> None:
+    """generate.py's 1e-5 check must be able to fail: give it reference images off by 1e-3."""
+    assert (dcgan.workdir / "fixed-noise.safetensors").is_file(), explain(dcgan.result)
+    reference = ferry.load(dcgan.workdir / "fixed-noise.safetensors")
+    ferry.save({"noise": reference["noise"], "images": reference["images"] + 1e-3}, tmp_path / "noise.safetensors")
+    shutil.copy2(DCGAN / "generate.py", tmp_path / "generate.py")
+    shutil.copy2(dcgan.workdir / "dcgan-export.ferry", tmp_path / "dcgan-export.ferry")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "generate.py", "dcgan-export.ferry", "--noise", "noise.safetensors", "--out", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        encoding="utf-8",
+        env=env,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 1, explain(result)
+    assert "differ from the original generator by up to 0.001" in result.stderr
+
+
+# --- examples/lenet: checkpoint -> resume -> archive, and a DataParallel file ----------------------
+
+LENET = EXAMPLES / "lenet"
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> ScriptRun:
+    workdir = tmp_path_factory.mktemp("lenet")
+    return ScriptRun(run_example(LENET / "checkpoint_to_archive.py", "--workdir", workdir, cwd=workdir), workdir)
+
+
+def test_lenet_checkpoint_resumes_and_packs(lenet: ScriptRun) -> None:
+    assert lenet.result.returncode == 0, explain(lenet.result)
+    assert "resumed lenet-ckpt.safetensors into a fresh TheModelClass: epoch 3" in lenet.result.stdout
+    assert ferry.load(lenet.workdir / "lenet-ckpt.safetensors")["epoch"] == 3
+    manifest = ferry.inspect(lenet.workdir / "lenet.ferry")
+    assert manifest.kind == "export"
+    assert manifest.labels is not None and len(manifest.labels) == 10
+    assert manifest.signature.inputs[0].shape == (-1, 3, 32, 32)
+
+
+def test_lenet_dataparallel_file_loads_with_a_rename(lenet: ScriptRun) -> None:
+    assert lenet.result.returncode == 0, explain(lenet.result)
+    assert "StateDictMismatchError" in lenet.result.stdout
+    assert "rename={'module.': ''}" in lenet.result.stdout
+    assert "matched 10 of 10 model keys" in lenet.result.stdout
+    assert "same weights as the checkpoint: yes" in lenet.result.stdout
+
+
+def test_lenet_archive_reproduces_the_trained_model_without_the_class(lenet: ScriptRun) -> None:
+    assert lenet.result.returncode == 0, explain(lenet.result)
+    assert "module 'lenet' (where TheModelClass is defined) importable here: no" in lenet.result.stdout
+    assert "verify: ok" in lenet.result.stdout
+    (difference,) = (float(value) for value in DIFFERENCE.findall(lenet.result.stdout))
+    assert difference <= 1e-5
+    # And here too: the reference logits came from the trained model, before any file existed.
+    reference = ferry.load(lenet.workdir / "reference.safetensors")
+    logits = ferry.load_model(lenet.workdir / "lenet.ferry")(reference["images"])
+    torch.testing.assert_close(logits, reference["logits"], rtol=0, atol=1e-5)

@@ -42,7 +42,9 @@ def open_checked(
     reader = open_archive(path)
     if reader.manifest.carries_code and not trust_code:
         program = reader.manifest.program
-        modules = ", ".join(program.get("interned", [])[:5]) or "its own modules"
+        interned = program.get("interned")
+        named = [str(m) for m in interned[:5]] if isinstance(interned, list) else []
+        modules = ", ".join(named) or "its own modules"
         raise UntrustedCodeError(
             f"{reader.path} carries Python code ({modules}) that would run when the model is opened. "
             "Open it only if you trust where it came from: load_model(path, trust_code=True) or "
