@@ -158,7 +158,15 @@ def open_members(path: str) -> dict[str, Member]:
             file_size = os.fstat(handle.fileno()).st_size
             try:
                 infos = zipfile.ZipFile(handle).infolist()
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as exc:
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                NotImplementedError,  # a damaged "version needed to extract" field
+                struct.error,
+                ValueError,
+                EOFError,
+                OSError,
+            ) as exc:
                 raise _bad(path, f"it is not a readable zip file ({exc})") from None
             if len(infos) > MAX_MEMBERS:
                 raise _bad(path, f"it has {len(infos)} members (at most {MAX_MEMBERS} are accepted)")

@@ -219,6 +219,19 @@ def _steps(fields: _Fields, key: str) -> tuple[dict[str, Any], ...]:
     return tuple(steps)
 
 
+def _examples(fields: _Fields) -> dict[str, Any]:
+    if fields.get("examples", dict, optional=True) is None:
+        return {}
+    examples = fields.sub("examples")
+    for key in ("inputs", "outputs"):
+        examples.get(key, str, optional=True)
+    for key in ("rtol", "atol"):
+        value = examples.get(key, (int, float), optional=True)
+        if value is not None and not 0 <= value < float("inf"):
+            raise examples.fail(key, f"should be a tolerance >= 0, not {value!r}")
+    return {key: value for key, value in examples.data.items() if value is not None}  # null means absent
+
+
 def _check_format(path: str, fields: _Fields) -> None:
     value = fields.get("format", str)
     if value == FORMAT_ID:
@@ -235,7 +248,7 @@ def _check_format(path: str, fields: _Fields) -> None:
 def parse_manifest(path: str, raw: bytes) -> Manifest:
     """Decode and validate ``ferry.json``; raises ``ArchiveError`` naming the bad field."""
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArchiveError(f"{path}: ferry.json is not valid JSON ({exc}); re-pack the model.", path=path) from None
     if not isinstance(data, dict):
@@ -261,11 +274,21 @@ def parse_manifest(path: str, raw: bytes) -> Manifest:
         preprocess=_steps(fields, "preprocess"),
         postprocess=_steps(fields, "postprocess"),
         batching=fields.get("batching", dict, optional=True) or {},
-        examples=fields.get("examples", dict, optional=True) or {},
+        examples=_examples(fields),
         requirements=_string_map(fields, "requirements"),
         members=_members(fields),
         metadata=fields.get("metadata", dict, optional=True) or {},
     )
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # a repeated key means different JSON readers see different manifests (most keep the last, some the first)
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
 
 
 def _refuse_constant(name: str) -> float:

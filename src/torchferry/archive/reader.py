@@ -74,19 +74,11 @@ class ArchiveReader:
 def _check_member_set(path: str, members: dict[str, Member], manifest: Manifest) -> None:
     present = set(members) - {MANIFEST_NAME}
     listed = set(manifest.members)
-    for name in sorted(listed - present):
-        raise IntegrityError(
-            f"{path}: member {name!r} is listed in the manifest but missing from the archive; "
-            "re-download or re-pack it.",
-            path=path,
-            member=name,
-        )
-    for name in sorted(present - listed):
-        raise IntegrityError(
-            f"{path}: member {name!r} is not listed in the manifest (added after packing?); re-download or re-pack it.",
-            path=path,
-            member=name,
-        )
+    problems = [(n, "is listed in the manifest but missing from the archive") for n in sorted(listed - present)]
+    problems += [(n, "is not listed in the manifest (added after packing?)") for n in sorted(present - listed)]
+    if problems:
+        name, what = problems[0]
+        raise IntegrityError(f"{path}: member {name!r} {what}; re-download or re-pack it.", path=path, member=name)
 
 
 def open_archive(path: PathLike) -> ArchiveReader:

@@ -26,10 +26,12 @@ _PY_OPERATORS.update({f"math.{name}": getattr(math, name) for name in ("ceil", "
 _PY_OPERATORS.update({"torch.sym_max": max, "torch.sym_min": min, "torch.sym_not": operator.not_})
 _OP_NAMESPACES = ("aten", "prims")
 _FILE_ARGUMENTS = {"filename", "path", "file"}
-_SCALAR_TYPES = {
+_SCALAR_TYPES = {  # torch._export.serde.schema.ScalarType
     1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
     7: torch.float32, 8: torch.float64, 9: torch.complex32, 10: torch.complex64, 11: torch.complex128,
-    12: torch.bool, 13: torch.bfloat16, 14: torch.uint16, 15: torch.uint32, 16: torch.uint64,
+    12: torch.bool, 13: torch.bfloat16, 28: torch.uint16, 29: torch.float8_e4m3fn, 30: torch.float8_e5m2,
+    31: torch.float8_e4m3fnuz, 32: torch.float8_e5m2fnuz, 33: torch.float8_e8m0fnu, 34: torch.uint32,
+    35: torch.uint64,
 }  # fmt: skip
 _MEMORY_FORMATS = {
     1: torch.contiguous_format,
@@ -90,10 +92,21 @@ def _scalar(kind: str, value: Any, device: torch.device | None) -> Any:
     raise GraphError(f"argument kind {kind!r} is not supported")
 
 
+_SYM_LITERALS: dict[str, type | tuple[type, ...]] = {"as_int": int, "as_float": (int, float), "as_bool": bool}
+
+
 def _symbolic(item: Mapping[str, Any]) -> Getter:
-    """A sym int/float/bool: a value computed earlier in the graph, or a literal."""
+    """A sym int/float/bool: a value computed earlier in the graph, or a literal.
+
+    Anything else (``as_expr``: a sympy expression stored as Python source) is refused, never
+    evaluated; torch's serializer writes only names and literals in argument positions.
+    """
     ((kind, value),) = item.items()
-    return _lookup(value) if kind == "as_name" else _constant(value)
+    if kind == "as_name" and isinstance(value, str):
+        return _lookup(value)
+    if kind in _SYM_LITERALS and isinstance(value, _SYM_LITERALS[kind]):
+        return _constant(value)
+    raise GraphError(f"symbolic argument kind {kind!r} is not supported (only names and literals are)")
 
 
 def _lookup(name: str) -> Getter:
@@ -194,6 +207,22 @@ def _compile_node(node: Mapping[str, Any], device: torch.device | None) -> _Step
     return _Step(op, tuple(args), tuple(kwargs), _binder(node["outputs"]))
 
 
+def _check_stored(target: str, tensor: torch.Tensor, meta: Mapping[str, Any] | None) -> None:
+    """A stored tensor must have the dtype and fixed sizes the graph was traced with; otherwise the
+    weights do not belong to this program and running it would fail (or compute garbage) later."""
+    if meta is None:
+        return
+    dtype = _SCALAR_TYPES.get(meta["dtype"])
+    sizes = [size.get("as_int") for size in meta["sizes"]]
+    fits = len(sizes) == tensor.dim() and all(s in (None, d) for s, d in zip(sizes, tensor.shape))
+    if dtype != tensor.dtype or not fits:
+        want = ",".join("?" if s is None else str(s) for s in sizes)
+        raise GraphError(
+            f"tensor {target!r} is {str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)} in the archive, "
+            f"but the graph expects {str(dtype).removeprefix('torch.')}[{want}]"
+        )
+
+
 class GraphProgram:
     """A compiled graph bound to its tensors; call it with the user inputs in order."""
 
@@ -209,16 +238,21 @@ class GraphProgram:
             module = graph_json["graph_module"]
             graph, signature = module["graph"], module["signature"]
             self._steps = [_compile_node(node, device) for node in graph["nodes"]]
-            self._bind_inputs(signature["input_specs"], tensors, constants)
+            self._bind_inputs(signature["input_specs"], tensors, constants, graph.get("tensor_values") or {})
             self._outputs = [_getter(out, device) for out in graph["outputs"]]
             self._plan_outputs(signature["output_specs"], tensors)
         except GraphError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise GraphError(f"the graph is malformed ({type(exc).__name__}: {exc})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            # RuntimeError: torch refusing a value (a bad device string), or RecursionError on deep nesting
+            raise GraphError(f"the graph is malformed ({type(exc).__name__}: {str(exc)[:300]})") from None
 
     def _bind_inputs(
-        self, specs: Sequence[Mapping[str, Any]], tensors: Mapping[str, torch.Tensor], constants: Mapping[str, Any]
+        self,
+        specs: Sequence[Mapping[str, Any]],
+        tensors: Mapping[str, torch.Tensor],
+        constants: Mapping[str, Any],
+        values: Mapping[str, Any],
     ) -> None:
         self._fixed: dict[str, Any] = {}
         self._user_inputs: list[str] = []
@@ -233,6 +267,7 @@ class GraphProgram:
                 source = tensors if target in tensors else constants
                 if target not in source:
                     raise GraphError(f"the graph reads tensor {target!r}, which the archive does not hold")
+                _check_stored(target, source[target], values.get(name))
                 self._fixed[name] = source[target]
             else:
                 raise GraphError(f"graph input kind {kind!r} is not supported")
@@ -252,6 +287,10 @@ class GraphProgram:
     @property
     def input_count(self) -> int:
         return len(self._user_inputs)
+
+    @property
+    def output_count(self) -> int:
+        return len(self._user_outputs)
 
     def __call__(self, *inputs: torch.Tensor) -> list[Any]:
         if len(inputs) != len(self._user_inputs):

@@ -56,22 +56,33 @@ def open_checked(
 
 
 def _export_runner(reader: ArchiveReader, state: dict[str, torch.Tensor], device: torch.device) -> Callable[..., Any]:
-    program = reader.manifest.program
-    entry = program.get("entry")
-    constants_member = program.get("constants")
+    spec = reader.manifest.program
+    entry = spec.get("entry")
+    constants_member = spec.get("constants")
     if not isinstance(entry, str) or not (constants_member is None or isinstance(constants_member, str)):
         raise ArchiveError(
             f"{reader.path}: ferry.json program section is malformed; re-pack the model.", path=reader.path
         )
     constants = reader.read_tensors(constants_member, device) if constants_member else {}
     try:
-        return GraphProgram(reader.read_json(entry), state, constants, device=device if device.type != "cpu" else None)
+        runner = GraphProgram(
+            reader.read_json(entry), state, constants, device=device if device.type != "cpu" else None
+        )
     except GraphError as exc:
         raise ArchiveError(
             f"{reader.path}: the program in {entry!r} cannot run here: {exc}. It may need a newer torch "
             f"(this is {torch.__version__}; it was packed with {reader.manifest.requirements.get('torch')}).",
             path=reader.path,
         ) from None
+    signature = reader.manifest.signature
+    if (runner.input_count, runner.output_count) != (len(signature.inputs), len(signature.outputs)):
+        raise ArchiveError(
+            f"{reader.path}: the signature in ferry.json lists {len(signature.inputs)} inputs and "
+            f"{len(signature.outputs)} outputs but the program has {runner.input_count} and "
+            f"{runner.output_count}; the manifest was edited or damaged. Re-pack the model.",
+            path=reader.path,
+        )
+    return runner
 
 
 def _python_runner(reader: ArchiveReader, state: dict[str, torch.Tensor], device: torch.device) -> Callable[..., Any]:

@@ -74,7 +74,11 @@ def _rerun(report: VerifyReport, reader: ArchiveReader, model: Packaged) -> None
     if len(ordered) != len(manifest.signature.inputs):
         report.problems.append("the stored example inputs do not match the signature")
         return
-    got = model.run(ordered)
+    try:
+        got = model.run(ordered)
+    except Exception as exc:  # the program itself failed: that is what verify exists to report
+        report.problems.append(f"re-running the examples failed: {type(exc).__name__}: {exc}")
+        return
     for spec, value in zip(manifest.signature.outputs, got):
         want = expected.get(spec.name)
         if want is None:
