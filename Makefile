@@ -29,6 +29,7 @@ test: lint
 
 bench: venv
 	$(BIN)/python benchmarks/persistence.py --out docs
+	$(BIN)/python benchmarks/archive.py --out docs
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
