@@ -53,8 +53,12 @@ def check_members(
     *,
     algorithm: str = "xxh3_64",
     progress: Callable[[int], None] | None = None,
+    mapping: mmap.mmap | None = None,
 ) -> None:
-    """Raise ``IntegrityError`` naming the first member whose bytes differ from its digest."""
+    """Raise ``IntegrityError`` naming the first member whose bytes differ from its digest.
+
+    With ``mapping`` (of the whole archive) hashing reads through it instead of a new one.
+    """
     pairs = list(members)
     for member, digest in pairs:
         if member.size != digest.size:
@@ -62,25 +66,37 @@ def check_members(
     if not any(member.size for member, _ in pairs):
         return
     try:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
-            whole = memoryview(mapping)
-            try:
-                for member, digest in pairs:
-                    region = whole[member.offset : member.offset + member.size]
-                    try:
-                        actual = _hash_region(region, algorithm, progress)
-                    finally:
-                        region.release()
-                    if actual != getattr(digest, algorithm):
-                        raise _mismatch(
-                            path,
-                            member.name,
-                            f"has {algorithm} {actual}, the manifest says {getattr(digest, algorithm)}",
-                        )
-            finally:
-                whole.release()
+        if mapping is None:
+            with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as own:
+                _check_all(path, memoryview(own), pairs, algorithm, progress)
+        else:
+            _check_all(path, memoryview(mapping), pairs, algorithm, progress)
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"{path}: cannot read the archive to check it ({exc}).", path=path) from exc
+
+
+def _check_all(
+    path: str,
+    whole: memoryview,
+    pairs: list[tuple[Member, Digest]],
+    algorithm: str,
+    progress: Callable[[int], None] | None,
+) -> None:
+    try:
+        for member, digest in pairs:
+            if member.offset + member.size > len(whole):
+                raise _mismatch(path, member.name, "runs past the end of the file (truncated?)")
+            region = whole[member.offset : member.offset + member.size]
+            try:
+                actual = _hash_region(region, algorithm, progress)
+            finally:
+                region.release()
+            if actual != getattr(digest, algorithm):
+                raise _mismatch(
+                    path, member.name, f"has {algorithm} {actual}, the manifest says {getattr(digest, algorithm)}"
+                )
+    finally:
+        whole.release()
 
 
 def _mismatch(path: str, name: str, what: str) -> IntegrityError:

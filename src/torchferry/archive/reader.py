@@ -8,6 +8,7 @@ no half-loaded object.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from torchferry.archive.container import Member, open_members, read_member
 from torchferry.archive.integrity import check_members
 from torchferry.archive.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from torchferry.errors import ArchiveError, FerryError, IntegrityError
-from torchferry.state._safetensors_io import map_tensors, read_header
+from torchferry.state._safetensors_io import map_tensors, private_mapping, read_header
 from torchferry.state.tensors import decode
 
 MAX_JSON_MEMBER_BYTES = 512 * 1024 * 1024
@@ -34,6 +35,15 @@ class ArchiveReader:
         self.path = path
         self.members = members
         self.manifest = manifest
+        self._mapping: mmap.mmap | None = None
+
+    def mapping(self) -> mmap.mmap:
+        """One private mapping of the whole archive, shared by hashing and every tensor member,
+        so the pages the integrity check reads are the pages the tensors use."""
+        if self._mapping is None:
+            end = max((m.offset + m.size for m in self.members.values()), default=0)
+            self._mapping = private_mapping(self.path, end)
+        return self._mapping
 
     def member(self, name: str) -> Member:
         if name not in self.members:
@@ -57,7 +67,7 @@ class ArchiveReader:
         member = self.member(name)
         try:
             header = read_header(self.path, offset=member.offset, length=member.size)
-            loaded = decode(header, map_tensors(header), map_location)
+            loaded = decode(header, map_tensors(header, self.mapping()), map_location)
         except ArchiveError:
             raise
         except FerryError as exc:
@@ -68,7 +78,7 @@ class ArchiveReader:
 
     def check_integrity(self, *, algorithm: str = "xxh3_64", progress: Callable[[int], None] | None = None) -> None:
         pairs = [(self.members[name], digest) for name, digest in sorted(self.manifest.members.items())]
-        check_members(self.path, pairs, algorithm=algorithm, progress=progress)
+        check_members(self.path, pairs, algorithm=algorithm, progress=progress, mapping=self.mapping())
 
 
 def _check_member_set(path: str, members: dict[str, Member], manifest: Manifest) -> None:

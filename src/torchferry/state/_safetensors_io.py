@@ -237,24 +237,36 @@ def read_tensors(
     return {name: result[name] for name in wanted}
 
 
-def map_tensors(header: Header) -> dict[str, torch.Tensor]:
+def private_mapping(path: str, needed: int) -> mmap.mmap:
+    """A private (copy-on-write) mapping of the whole file, which must hold at least ``needed`` bytes."""
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < needed:
+                raise _corrupt(path, "the file changed size while it was being opened")
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise FileFormatError(
+            f"{path}: cannot map the file ({getattr(exc, 'strerror', None) or exc}); pass mmap=False to read it "
+            "instead.",
+            path=path,
+        ) from exc
+
+
+def map_tensors(header: Header, mapping: mmap.mmap | None = None) -> dict[str, torch.Tensor]:
     """Tensors backed by a private (copy-on-write) mapping of the file: nothing is copied.
 
     Writes to the tensors never reach the file. The mapping lives as long as any tensor
-    does. Tensors whose bytes are not aligned for their dtype (files from other writers)
-    or that are empty are read normally instead.
+    does; pass ``mapping`` to share one (an archive hashes its members through the same
+    mapping, so pages it touched are not faulted in again). Tensors whose bytes are not
+    aligned for their dtype (files from other writers) or that are empty are read
+    normally instead.
     """
-    try:
-        with open(header.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size < header.region_end or header.region_end != header.data_start + header.data_bytes:
-                raise _corrupt(header.path, "the file changed size while it was being opened")
-            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-    except OSError as exc:
-        raise FileFormatError(
-            f"{header.path}: cannot map the file ({exc.strerror or exc}); pass mmap=False to read it instead.",
-            path=header.path,
-        ) from exc
+    if header.region_end != header.data_start + header.data_bytes:
+        raise _corrupt(header.path, "the file changed size while it was being opened")
+    if mapping is None:
+        mapping = private_mapping(header.path, header.region_end)
+    elif len(mapping) < header.region_end:
+        raise _corrupt(header.path, "the file changed size while it was being opened")
     result: dict[str, torch.Tensor] = {}
     unmapped = []
     for name, entry in header.entries.items():
