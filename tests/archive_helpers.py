@@ -280,3 +280,12 @@ class MkdirMarker:
 def files_under(root: Path) -> set[str]:
     """Every path below ``root``, relative, to compare before and after."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> torchferry.FerryError | None:
+    """The FerryError ``call`` raised, or None; any other exception propagates and fails the test."""
+    try:
+        call(*args, **kwargs)
+    except torchferry.FerryError as exc:
+        return exc
+    return None

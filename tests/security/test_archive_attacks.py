@@ -64,7 +64,8 @@ from tests.archive_helpers import (
     rebuild,
     with_graph,
 )
-from torchferry.errors import ArchiveError, FerryError, IntegrityError, UntrustedCodeError
+from tests.archive_helpers import outcome as _outcome
+from torchferry.errors import ArchiveError, IntegrityError, UntrustedCodeError
 
 pytestmark = [pytest.mark.security]
 
@@ -96,15 +97,6 @@ def _write(tmp_path: Path, data: bytes, name: str = "hostile.ferry") -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> FerryError | None:
-    """The FerryError ``call`` raised, or None; any other exception propagates and fails the test."""
-    try:
-        call(*args, **kwargs)
-    except FerryError as exc:
-        return exc
-    return None
 
 
 # ----------------------------------------------------------------------------- pickles in members

@@ -45,6 +45,7 @@ from tests.archive_helpers import (
     rebuild,
     weights_header,
 )
+from tests.archive_helpers import outcome as _outcome
 from torchferry.errors import ArchiveError, FerryError, FileFormatError, IntegrityError
 
 pytestmark = [pytest.mark.security]
@@ -69,15 +70,6 @@ def _write(tmp_path: Path, data: bytes, name: str = "damaged.ferry") -> Path:
     path = tmp_path / name
     path.write_bytes(data)
     return path
-
-
-def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> FerryError | None:
-    """The FerryError ``call`` raised, or None; any other exception propagates and fails the test."""
-    try:
-        call(*args, **kwargs)
-    except FerryError as exc:
-        return exc
-    return None
 
 
 # ----------------------------------------------------------------------------- flipped bytes
