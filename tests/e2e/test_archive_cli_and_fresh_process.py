@@ -176,6 +176,24 @@ def test_cli_convert_state_dict_pth_into_an_archive(project: Path) -> None:
     assert not (project / "other.ferry").exists()
 
 
+def test_cli_convert_whole_pickled_model_only_with_trust_pickle(project: Path) -> None:
+    script = (
+        "import torch, irisnet; torch.manual_seed(2); "
+        "torch.save(irisnet.Classifier(), 'whole.pt'); print(irisnet.Classifier.__name__)"
+    )
+    made = run([sys.executable, "-c", script], project)
+    assert made.returncode == 0, made.stderr
+    args = [sys.executable, "-m", "torchferry.cli.main", "convert", "whole.pt", "--example", "x=float32[2,4]"]
+    refused = run([*args, "-o", "refused.ferry"], project)
+    assert refused.returncode == 1 and "--trust-pickle" in refused.stderr
+    assert not (project / "refused.ferry").exists()
+    converted = run([*args, "--trust-pickle", "-o", "whole.ferry"], project)
+    assert converted.returncode == 0, converted.stderr
+    manifest = ferry.inspect(project / "whole.ferry")
+    assert manifest.kind == "export" and manifest.signature.outputs[0].shape == (-1, 3)
+    assert ferry.verify(project / "whole.ferry").ok
+
+
 def test_cli_pack_usage_errors_say_what_to_do(project: Path) -> None:
     bad = run(
         [
