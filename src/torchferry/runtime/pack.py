@@ -8,6 +8,7 @@ different batch size, and must match eager ``forward`` before anything is writte
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -160,8 +161,6 @@ def _batches(model: torch.nn.Module, doubled: list[torch.Tensor]) -> bool:
 
 
 def _json_bytes(value: Any) -> bytes:
-    import json
-
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
