@@ -15,12 +15,12 @@ Safe save/restore of training state, and self-contained model archives::
 from torchferry._version import __version__
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.processing import Classify, ImageInput
-from torchferry.archive.reader import inspect
 from torchferry.errors import FerryError
-from torchferry.runtime.load import load_model
+from torchferry.registry.api import inspect, load_model, verify
+from torchferry.registry.registry import Registry
 from torchferry.runtime.pack import pack
 from torchferry.runtime.packaged import Packaged
-from torchferry.runtime.verify import VerifyReport, verify
+from torchferry.runtime.verify import VerifyReport
 from torchferry.state.checkpoint import Checkpoint, resume, save_checkpoint
 from torchferry.state.load_into import load_into
 from torchferry.state.report import LoadReport
@@ -34,6 +34,7 @@ __all__ = [
     "LoadReport",
     "Manifest",
     "Packaged",
+    "Registry",
     "VerifyReport",
     "__version__",
     "inspect",

@@ -20,6 +20,8 @@ actual value; why, when it is not obvious; the exact call, flag or command that 
     ├── UsageError                  an argument is invalid (e.g. a rename that maps two keys to one)
     │   └── InputError              predict() inputs do not match the model's signature
     ├── StateDictMismatchError      load_into(strict=True) found missing/unexpected/mismatched keys
+    ├── NotFoundError               a registry reference names no stored model, version or alias
+    ├── RegistryError               a registry change conflicts (an aliased version) or its store is damaged
     └── CheckpointError             a checkpoint lacks what resume() was asked to restore
 """
 
@@ -39,8 +41,10 @@ __all__ = [
     "FerryError",
     "FileFormatError",
     "InputError",
+    "NotFoundError",
     "IntegrityError",
     "PackagingError",
+    "RegistryError",
     "StateDictMismatchError",
     "UntrustedCodeError",
     "UnsafePickleError",
@@ -163,3 +167,17 @@ class CheckpointError(FerryError):
     """Raised when a checkpoint does not hold what ``resume`` was asked to restore."""
 
     http_status = 400
+
+
+class NotFoundError(FerryError):
+    """Raised when a registry reference names no stored model, version or alias; the message lists
+    what exists, closest names first."""
+
+    http_status = 404
+
+
+class RegistryError(FerryError):
+    """Raised when a registry change conflicts with its state (removing a version an alias points to,
+    adding a version that exists) or the registry's files are damaged."""
+
+    http_status = 409

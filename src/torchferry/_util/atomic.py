@@ -13,7 +13,7 @@ import contextlib
 import io
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _TMP_SUFFIX = ".tmp"
@@ -33,17 +33,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_pid(name: str, prefix: str) -> int | None:
+    """The PID in a temporary's name ``.<target>.<pid>.<random>.tmp``, if ``name`` is one."""
+    if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
+        return None
+    pid_text = name[len(prefix) :].split(".", 1)[0]
+    return int(pid_text) if pid_text.isdigit() else None
+
+
 def remove_stale_temporaries(target: Path) -> list[Path]:
     """Delete temporaries of ``target`` left by writers that no longer run."""
+    return _remove_dead(target.parent, lambda name: _writer_pid(name, _tmp_prefix(target)))
+
+
+def remove_dead_writers_temporaries(directory: Path) -> list[Path]:
+    """Delete every temporary in ``directory`` whose writer no longer runs (any target)."""
+
+    def pid_of(name: str) -> int | None:
+        parts = name.split(".")
+        return int(parts[-3]) if len(parts) >= 5 and name.startswith(".") and parts[-3].isdigit() else None
+
+    return _remove_dead(directory, lambda name: pid_of(name) if name.endswith(_TMP_SUFFIX) else None)
+
+
+def _remove_dead(directory: Path, pid_of: Callable[[str], int | None]) -> list[Path]:
     removed = []
-    prefix = _tmp_prefix(target)
     with contextlib.suppress(OSError):
-        for entry in target.parent.iterdir():
-            name = entry.name
-            if not (name.startswith(prefix) and name.endswith(_TMP_SUFFIX)):
-                continue
-            pid_text = name[len(prefix) :].split(".", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        for entry in directory.iterdir():
+            pid = pid_of(entry.name)
+            if pid is not None and not _pid_alive(pid):
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(entry)

@@ -103,11 +103,13 @@ def write_archive(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterat
 
 @dataclass(frozen=True)
 class Member:
-    """Where one member's bytes are: ``offset`` is the absolute position of its first data byte."""
+    """Where one member's bytes are: ``offset`` is the absolute position of its first data byte
+    in ``file`` (``None``: the archive file itself; a registry keeps members in separate blobs)."""
 
     name: str
     offset: int
     size: int
+    file: str | None = None
 
 
 def _bad(path: str, what: str) -> ArchiveError:
@@ -199,7 +201,7 @@ def read_member(path: str, member: Member, *, limit: int | None = None) -> bytes
     """The bytes of a (small) member; ``limit`` refuses members larger than expected."""
     if limit is not None and member.size > limit:
         raise _bad(path, f"member {member.name!r} is {member.size} bytes, more than the {limit} allowed")
-    with open(path, "rb") as handle:
+    with open(member.file or path, "rb") as handle:
         handle.seek(member.offset)
         data = handle.read(member.size)
     if len(data) != member.size:

@@ -25,7 +25,7 @@ from torchferry.state.tensors import decode
 
 MAX_JSON_MEMBER_BYTES = 512 * 1024 * 1024
 
-__all__ = ["ArchiveReader", "inspect", "is_archive", "open_archive"]
+__all__ = ["ArchiveReader", "inspect", "is_archive", "open_archive", "reader_from_members"]
 
 
 class ArchiveReader:
@@ -35,15 +35,16 @@ class ArchiveReader:
         self.path = path
         self.members = members
         self.manifest = manifest
-        self._mapping: mmap.mmap | None = None
+        self._mappings: dict[str, mmap.mmap] = {}
 
-    def mapping(self) -> mmap.mmap:
-        """One private mapping of the whole archive, shared by hashing and every tensor member,
-        so the pages the integrity check reads are the pages the tensors use."""
-        if self._mapping is None:
-            end = max((m.offset + m.size for m in self.members.values()), default=0)
-            self._mapping = private_mapping(self.path, end)
-        return self._mapping
+    def mapping(self, file: str | None = None) -> mmap.mmap:
+        """One private mapping per file (the archive, or a registry blob), shared by hashing and
+        every tensor member, so the pages the integrity check reads are the pages the tensors use."""
+        key = file or self.path
+        if key not in self._mappings:
+            end = max((m.offset + m.size for m in self.members.values() if (m.file or self.path) == key), default=0)
+            self._mappings[key] = private_mapping(key, end)
+        return self._mappings[key]
 
     def member(self, name: str) -> Member:
         if name not in self.members:
@@ -66,8 +67,8 @@ class ArchiveReader:
         """A flat dict of tensors from a safetensors member, memory-mapped straight from the archive."""
         member = self.member(name)
         try:
-            header = read_header(self.path, offset=member.offset, length=member.size)
-            loaded = decode(header, map_tensors(header, self.mapping()), map_location)
+            header = read_header(member.file or self.path, offset=member.offset, length=member.size)
+            loaded = decode(header, map_tensors(header, self.mapping(member.file)), map_location)
         except ArchiveError:
             raise
         except FerryError as exc:
@@ -78,7 +79,9 @@ class ArchiveReader:
 
     def check_integrity(self, *, algorithm: str = "xxh3_64", progress: Callable[[int], None] | None = None) -> None:
         pairs = [(self.members[name], digest) for name, digest in sorted(self.manifest.members.items())]
-        check_members(self.path, pairs, algorithm=algorithm, progress=progress, mapping=self.mapping())
+        for file in dict.fromkeys(member.file for member, _ in pairs):
+            in_file = [(m, d) for m, d in pairs if m.file == file]
+            check_members(self.path, in_file, algorithm=algorithm, progress=progress, mapping=self.mapping(file))
 
 
 def _check_member_set(path: str, members: dict[str, Member], manifest: Manifest) -> None:
@@ -89,6 +92,16 @@ def _check_member_set(path: str, members: dict[str, Member], manifest: Manifest)
     if problems:
         name, what = problems[0]
         raise IntegrityError(f"{path}: member {name!r} {what}; re-download or re-pack it.", path=path, member=name)
+
+
+def reader_from_members(display: str, members: dict[str, Member]) -> ArchiveReader:
+    """An archive whose members live in separate files (a registry's blobs), validated like a file's."""
+    manifest_member = members.get(MANIFEST_NAME)
+    if manifest_member is None:
+        raise ArchiveError(f"{display}: the stored entry has no {MANIFEST_NAME}; run `torchferry registry check`.")
+    manifest = parse_manifest(display, read_member(display, manifest_member, limit=MAX_MANIFEST_BYTES))
+    _check_member_set(display, members, manifest)
+    return ArchiveReader(display, members, manifest)
 
 
 def open_archive(path: PathLike) -> ArchiveReader:

@@ -36,10 +36,15 @@ def _device(device: DeviceLike | None) -> torch.device:
 
 
 def open_checked(
-    path: PathLike, *, trust_code: bool, check_integrity: bool, progress: Callable[[int], None] | None = None
+    path: PathLike | ArchiveReader,
+    *,
+    trust_code: bool,
+    check_integrity: bool,
+    progress: Callable[[int], None] | None = None,
 ) -> ArchiveReader:
-    """Open ``path``, refuse untrusted code, and check member hashes (xxh3) when asked."""
-    reader = open_archive(path)
+    """Open ``path`` (or take an opened reader), refuse untrusted code, and check member hashes
+    (xxh3) when asked."""
+    reader = path if isinstance(path, ArchiveReader) else open_archive(path)
     if reader.manifest.carries_code and not trust_code:
         program = reader.manifest.program
         interned = program.get("interned")
@@ -106,7 +111,7 @@ def build_runner(reader: ArchiveReader, state: dict[str, torch.Tensor], device: 
 
 
 def load_model(
-    path: PathLike,
+    path: PathLike | ArchiveReader,
     *,
     trust_code: bool = False,
     device: DeviceLike | None = None,

@@ -90,14 +90,16 @@ def _rerun(report: VerifyReport, reader: ArchiveReader, model: Packaged) -> None
         )
 
 
-def verify(path: PathLike, *, trust_code: bool = False, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify(
+    path: PathLike | ArchiveReader, *, trust_code: bool = False, progress: Callable[[int], None] | None = None
+) -> VerifyReport:
     """Check an archive completely: container, manifest, sha256 of every member, and the
     stored examples re-run against the outputs recorded at pack time.
 
     Never raises for a bad archive: the problems are in the report (``report.ok``). An
     archive with Python code re-runs its examples only with ``trust_code=True``.
     """
-    report = VerifyReport(str(path))
+    report = VerifyReport(path.path if isinstance(path, ArchiveReader) else str(path))
     try:
         reader = open_checked(path, trust_code=True, check_integrity=False)
         report.manifest = reader.manifest

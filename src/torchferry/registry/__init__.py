@@ -1,0 +1,1 @@
+"""Named, versioned archives with aliases: content-addressed blobs and a SQLite index."""
