@@ -15,7 +15,7 @@ from torchferry._types import PathLike
 from torchferry.archive.manifest import Manifest
 from torchferry.archive.reader import ArchiveReader
 from torchferry.archive.reader import inspect as inspect_file
-from torchferry.errors import ArchiveError, UsageError
+from torchferry.errors import ArchiveError, NotFoundError, UsageError
 from torchferry.registry.refs import SYNTAX
 from torchferry.registry.registry import Registry
 from torchferry.runtime import load as _load
@@ -36,6 +36,8 @@ def resolve(source: PathLike | ArchiveReader, registry: Registry | None = None) 
         return (registry or Registry()).reader(text)
     except UsageError:
         raise ArchiveError(f"{text}: no such file, and not a registry reference ({SYNTAX}).", path=text) from None
+    except NotFoundError as exc:
+        raise NotFoundError(f"{text} is not a file, and {exc}") from None
 
 
 def load_model(source: PathLike | ArchiveReader, *, registry: Registry | None = None, **kwargs: Any) -> Packaged:

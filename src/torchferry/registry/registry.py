@@ -204,6 +204,8 @@ class Registry:
 
     # ------------------------------------------------------------------ reading
     def _entries(self, where: str = "", params: Sequence[Any] = ()) -> list[Entry]:
+        if not (self.root / "index.sqlite").exists():
+            return []  # reading never creates a registry (a mistyped reference must not make one)
         with self.index.read() as db:
             rows = db.execute(
                 f"SELECT name, version, created, size, archive_sha256, members, summary FROM versions {where} "  # noqa: S608 - fixed clauses
