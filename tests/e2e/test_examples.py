@@ -105,7 +105,7 @@ def test_demo_succeeds_and_saves_every_file(runs: Runs) -> None:
     assert runs.demo.returncode == 0, explain(runs.demo)
     for name in SAVED_FILES:
         assert (runs.demo_dir / name).is_file(), f"{name} missing\n{explain(runs.demo)}"
-    for step in ("1/4 train", "2/4 reload in a fresh process", "3/4 resume", "4/4 pack"):
+    for step in ("1/5 train", "2/5 reload in a fresh process", "3/5 resume", "4/5 pack", "5/5 keep iris.ferry"):
         assert step in runs.demo.stdout
 
 
@@ -172,6 +172,19 @@ def test_demo_archive_is_exported_labelled_and_verifies(runs: Runs) -> None:
     assert model.labels == SPECIES
     (ranked,) = model.predict([[5.1, 3.5, 1.4, 0.2]])["output"]  # a textbook setosa
     assert ranked[0]["label"] == "setosa"
+
+
+def test_demo_registers_the_archive_and_loads_it_by_alias(runs: Runs) -> None:
+    """Step 5: the archive goes into a registry inside the work directory (not the user's home)
+    as iris@production, and a fresh process loads it by that name."""
+    assert runs.demo.returncode == 0, explain(runs.demo)
+    assert f"added {runs.demo_dir / 'iris.ferry'} as iris:1 (iris@production)" in runs.demo.stdout
+    assert "load_model('iris@production') is iris:1: [5.1, 3.5, 1.4, 0.2] -> setosa p=" in runs.demo.stdout
+    registry = ferry.Registry(runs.demo_dir / "registry")
+    assert [(e.ref, e.aliases) for e in registry.list()] == [("iris:1", ("production",))]
+    assert registry.check().ok
+    stored = registry.reader("iris@production").manifest
+    assert stored.members == ferry.inspect(runs.demo_dir / "iris.ferry").members  # the very same archive
 
 
 def test_pack_fails_when_the_archive_accuracy_differs(runs: Runs) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from torchferry._version import __version__
 from torchferry.cli._render import err_console
-from torchferry.cli.commands import convert, inspect, pack, verify
+from torchferry.cli.commands import convert, inspect, pack, registry, verify
 from torchferry.errors import FerryError
 
 EXIT_ERROR = 1
@@ -18,7 +18,7 @@ EXIT_ERROR = 1
 app = typer.Typer(
     name="torchferry",
     help="Move trained PyTorch models safely: pack self-contained archives, verify and inspect them, "
-    "convert legacy files.\n\n"
+    "convert legacy files, keep named versions in a registry.\n\n"
     "Run `torchferry COMMAND --help` for examples.",
     no_args_is_help=True,
     add_completion=False,
@@ -47,6 +47,7 @@ app.command("pack", epilog=pack.EPILOG)(pack.pack_command)
 app.command("inspect", epilog=inspect.EPILOG)(inspect.inspect_command)
 app.command("verify", epilog=verify.EPILOG)(verify.verify_command)
 app.command("convert", epilog=convert.EPILOG)(convert.convert_command)
+app.add_typer(registry.app, name="registry")
 
 
 def main(argv: list[str] | None = None) -> int:

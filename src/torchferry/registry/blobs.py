@@ -8,6 +8,7 @@ Archives share every identical member (typically the weights) through this store
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class BlobStore:
         Raises ``IntegrityError`` (storing nothing) when the bytes do not hash to ``sha256``.
         """
         if self.has(sha256, size):
+            # refresh its age: gc spares young unreferenced blobs, and this one is about to be referenced
+            os.utime(self.path(sha256))
             if progress is not None:
                 progress(size)
             return False

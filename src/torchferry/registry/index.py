@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS versions (
     summary TEXT NOT NULL,      -- JSON: kind, signature, labels, manifest name/version
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL  -- never decreases: a removed version's number is not reused
+);
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT NOT NULL,
     alias TEXT NOT NULL,
@@ -59,6 +63,13 @@ class Index:
             ) from None
         return connection
 
+    def _damaged(self, exc: BaseException) -> FileFormatError:
+        return FileFormatError(
+            f"{self.path}: the registry index is damaged ({exc}). Run `torchferry registry check`; restore the "
+            "file from a backup or move it away to start a new index.",
+            path=self.path,
+        )
+
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A connection inside ``BEGIN IMMEDIATE``: committed on success, rolled back on any error."""
@@ -71,6 +82,8 @@ class Index:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
         finally:
             connection.close()
 
@@ -79,5 +92,7 @@ class Index:
         connection = self._connect()
         try:
             yield connection
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
         finally:
             connection.close()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ GC_GRACE_S = 3600.0
 """gc keeps unreferenced blobs younger than this: they may belong to an add still in progress."""
 
 __all__ = ["CheckReport", "Entry", "GcReport", "Registry", "default_root"]
+
+
+def _last_version(db: sqlite3.Connection, name: str) -> int:
+    """The highest version ``name`` ever had (removed ones included)."""
+    (stored,) = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
+    counter = db.execute("SELECT last_version FROM counters WHERE name = ?", (name,)).fetchone()
+    return max(stored or 0, counter[0] if counter else 0)
 
 
 def default_root() -> Path:
@@ -171,8 +179,7 @@ class Registry:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self.index.write() as db:
             if version is None:
-                (latest,) = db.execute("SELECT MAX(version) FROM versions WHERE name = ?", (model_name,)).fetchone()
-                version = (latest or 0) + 1
+                version = _last_version(db, model_name) + 1
             elif db.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (model_name, version)).fetchone():
                 raise RegistryError(f"{model_name}:{version} already exists; omit version= to add the next one.")
             db.execute(
@@ -189,6 +196,10 @@ class Registry:
             )
             if alias is not None:
                 db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (model_name, alias, version))
+            db.execute(
+                "INSERT OR REPLACE INTO counters VALUES (?, ?)",
+                (model_name, max(version, _last_version(db, model_name))),
+            )
         return self.get(Ref(model_name, version))
 
     def _store_members(self, reader: ArchiveReader, progress: Callable[[int], None] | None) -> dict[str, list[Any]]:
@@ -217,7 +228,14 @@ class Registry:
                 aliases.setdefault((name, version), []).append(alias)
         entries = []
         for name, version, created, size, sha, members, summary in rows:
-            decoded = {k: (v[0], int(v[1])) for k, v in json.loads(members).items()}
+            try:
+                decoded = {k: (str(v[0]), int(v[1])) for k, v in json.loads(members).items()}
+                info = json.loads(summary)
+            except (ValueError, TypeError, IndexError, AttributeError) as exc:
+                raise RegistryError(
+                    f"{self.root}: the index entry of {name}:{version} is damaged ({exc}); run "
+                    "`torchferry registry check`, then remove or re-add that version."
+                ) from None
             entries.append(
                 Entry(
                     name,
@@ -226,7 +244,7 @@ class Registry:
                     sha,
                     size,
                     created,
-                    json.loads(summary),
+                    info,
                     decoded,
                 )
             )

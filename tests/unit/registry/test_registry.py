@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -88,7 +90,7 @@ def test_aliases_move_atomically_and_resolve(registry: ferry.Registry, archives:
 def test_unknown_names_list_the_closest_first(registry: ferry.Registry, archives: dict[str, Path]) -> None:
     registry.add(archives["a"])
     registry.add(archives["c"])
-    with pytest.raises(NotFoundError, match="no model named 'clff'.*models: clf, other"):
+    with pytest.raises(NotFoundError, match=r"no model named 'clff'.*models: clf, other"):
         registry.get("clff")
     with pytest.raises(NotFoundError, match="clf has no version 5; versions: 1"):
         registry.get("clf:5")
@@ -186,3 +188,36 @@ def test_default_root_follows_torchferry_home(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("TORCHFERRY_HOME", str(tmp_path / "home"))
     assert ferry.Registry().root == tmp_path / "home"
     assert not (tmp_path / "home").exists()  # created on first use only
+
+
+def test_removed_version_numbers_are_not_reused(registry: ferry.Registry, archives: dict[str, Path]) -> None:
+    registry.add(archives["a"])
+    registry.add(archives["b"])
+    registry.remove("clf:2")
+    assert registry.add(archives["b"]).ref == "clf:3"
+    registry.remove("clf:1")
+    registry.remove("clf:3")
+    assert registry.add(archives["a"]).ref == "clf:4"
+
+
+def test_a_damaged_index_row_is_reported_not_raised_raw(registry: ferry.Registry, archives: dict[str, Path]) -> None:
+    registry.add(archives["a"])
+    with sqlite3.connect(registry.root / "index.sqlite") as db:
+        db.execute("UPDATE versions SET members = '{bad'")
+    db.close()
+    with pytest.raises(RegistryError, match=r"the index entry of clf:1 is damaged"):
+        registry.get("clf")
+    assert "clf:1 is damaged" in registry.check().problems[0]
+
+
+def test_reusing_a_stored_blob_makes_it_young_again(registry: ferry.Registry, archives: dict[str, Path]) -> None:
+    """gc spares young unreferenced blobs; an add that reuses an old one must make it young, or a gc
+    running between the add's blob step and its index step would delete what the new entry needs."""
+    registry.add(archives["a"])
+    registry.remove("clf:1")
+    old = 1_000_000_000.0
+    for _, blob in registry.blobs.all():
+        os.utime(blob, (old, old))
+    entry = registry.add(archives["a"])
+    for sha, _ in entry.members.values():
+        assert registry.blobs.path(sha).stat().st_mtime > old + 1

@@ -13,6 +13,7 @@ from torchferry.archive.reader import inspect as inspect_archive
 from torchferry.archive.reader import is_archive
 from torchferry.cli._render import console, human_bytes
 from torchferry.cli.commands.inspect_archive import print_archive
+from torchferry.cli.commands.registry import HOME_VARIABLE, Stored, file_or_reference
 from torchferry.state.summary import StateSummary, describe
 
 EPILOG = """Examples:
@@ -20,6 +21,8 @@ EPILOG = """Examples:
   torchferry inspect model.ferry
 
   torchferry inspect model.ferry --json | jq .signature
+
+  torchferry inspect iris@production          # a registry reference (see torchferry registry)
 
   torchferry inspect model.safetensors
 
@@ -62,9 +65,23 @@ def _tensor_table(summary: StateSummary, limit: int | None) -> Table:
 
 
 def inspect_command(
-    file: Annotated[Path, typer.Argument(help="A .ferry archive, or a torchferry, safetensors or torch.save file.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="A .ferry archive, a torchferry, safetensors or torch.save file, or a registry reference "
+            "(iris, iris:3, iris@production).",
+            show_default=False,
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="List every tensor (default: the first 50).")] = False,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"The registry a reference is looked up in (default: ${HOME_VARIABLE}, else the user data directory).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Show what a file holds without running it. For a .ferry archive: name, program
     kind, signature, requirements, labels, processing, metadata and members (--json
@@ -72,12 +89,22 @@ def inspect_command(
     size, totals) and, for checkpoints, the epoch, step, models, optimizers and extras.
 
     Nothing is executed: legacy files are read with weights_only, and for safetensors
-    files only the header is read.
+    files only the header is read. An argument that is not an existing file is looked
+    up in the registry.
     """
-    if is_archive(file) or file.suffix == ".ferry":
-        print_archive(inspect_archive(file), file.stat().st_size, as_json=as_json)
+    source = file_or_reference(file, registry)
+    if isinstance(source, Stored):
+        if not as_json:
+            aliases = "".join(f", {source.entry.name}@{a}" for a in source.entry.aliases)
+            console.print(
+                f"{source.entry.ref}{aliases} in the registry at {source.root}", highlight=False, soft_wrap=True
+            )
+        print_archive(source.reader.manifest, source.entry.size, as_json=as_json)
         return
-    summary = describe(file)
+    if is_archive(source) or source.suffix == ".ferry":
+        print_archive(inspect_archive(source), source.stat().st_size, as_json=as_json)
+        return
+    summary = describe(source)
     if as_json:
         console.print_json(json.dumps(_as_json(summary), default=str))
         return

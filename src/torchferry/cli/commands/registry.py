@@ -14,13 +14,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from torchferry.archive.reader import ArchiveReader
-from torchferry.cli._render import byte_progress, console, err_console, human_bytes
-from torchferry.errors import FileFormatError, NotFoundError, UsageError
-from torchferry.registry.refs import SYNTAX, parse_ref
+from torchferry.archive.reader import ArchiveReader, open_archive
+from torchferry.cli._render import PROGRESS_MIN_BYTES, byte_progress, console, err_console, human_bytes
+from torchferry.errors import FerryError, FileFormatError, NotFoundError, RegistryError, UsageError
+from torchferry.registry.refs import SYNTAX, check_name, parse_ref
 from torchferry.registry.registry import GC_GRACE_S, HOME_VARIABLE, Entry, Registry
 
-__all__ = ["FILE_SUFFIXES", "Stored", "app", "file_or_reference"]
+__all__ = ["FILE_SUFFIXES", "HOME_VARIABLE", "Stored", "app", "file_or_reference"]
 
 FILE_SUFFIXES = (".ferry", ".safetensors", ".pt", ".pth", ".bin", ".tar", ".ckpt", ".zip")
 """An argument ending in one of these names a file, never a registry entry."""
@@ -41,8 +41,8 @@ EPILOG = f"""Examples:
 
   torchferry registry --root /srv/models ls --json
 
-The registry lives in ${HOME_VARIABLE}, else the platform's user data directory; --root
-chooses another. Elsewhere a reference works where a path does:
+  The registry lives in ${HOME_VARIABLE}, else the platform's user data directory; --root
+  (before the command) chooses another. Elsewhere a reference works where a path does:
 
   torchferry inspect iris@production
 
@@ -82,8 +82,7 @@ def _registry(
 
 def _registry_of(ctx: typer.Context) -> Registry:
     registry = ctx.obj
-    assert isinstance(registry, Registry)
-    return registry
+    return registry if isinstance(registry, Registry) else Registry()
 
 
 def _exists(registry: Registry) -> bool:
@@ -91,12 +90,22 @@ def _exists(registry: Registry) -> bool:
     return (registry.root / "index.sqlite").is_file()
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"
+
+
 def _require(registry: Registry) -> None:
-    if not _exists(registry):
-        raise NotFoundError(
-            f"there is no registry at {registry.root} yet; add an archive with `torchferry registry add PATH`, "
-            f"or point --root (or ${HOME_VARIABLE}) at an existing one."
+    if _exists(registry):
+        return
+    if (registry.root / "blobs").is_dir():
+        raise RegistryError(
+            f"{registry.root} holds blobs but no index.sqlite (deleted or moved?): restore the index from a "
+            "backup; `torchferry registry add` would start an empty index."
         )
+    raise NotFoundError(
+        f"there is no registry at {registry.root} yet; add an archive with `torchferry registry add PATH`, "
+        f"or point --root (or ${HOME_VARIABLE}) at an existing one."
+    )
 
 
 def _print_json(value: Any) -> None:
@@ -119,6 +128,17 @@ def _shared_with(entry: Entry, others: list[Entry]) -> dict[str, list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------- add
+def _add_work(path: Path) -> int:
+    """The bytes ``add`` reports progress for: every member hashed, then every member stored."""
+    if not path.is_file() or path.stat().st_size < PROGRESS_MIN_BYTES // 2:
+        return 0  # no bar; a missing or broken file is reported by add
+    try:
+        reader = open_archive(path)
+    except FerryError:
+        return 0
+    return sum(d.size for d in reader.manifest.members.values()) + sum(m.size for m in reader.members.values())
+
+
 def add_command(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="A .ferry archive; it is verified (sha256) before it is stored.")],
@@ -135,8 +155,7 @@ def add_command(
     once. Nothing is changed when the archive is damaged or the version exists.
     """
     registry = _registry_of(ctx)
-    size = path.stat().st_size if path.is_file() else 0  # a missing path is reported by add
-    with byte_progress(f"adding {path.name}", 2 * size) as progress:  # hashed, then copied
+    with byte_progress(f"adding {path.name}", _add_work(path)) as progress:
         entry = registry.add(path, name=name, version=version, alias=alias, progress=progress)
     if as_json:
         _print_json(entry.to_dict())
@@ -144,11 +163,15 @@ def add_command(
     shared = _shared_with(entry, registry.list(entry.name))
     shared_bytes = sum(entry.members[m][1] for m in shared)
     aliases = f" ({', '.join(entry.name + '@' + a for a in entry.aliases)})" if entry.aliases else ""
-    console.print(f"[green]✓[/] added {path} as {entry.ref}{aliases}: {human_bytes(entry.size)}, {_signature(entry)}")
+    console.print(
+        f"[green]✓[/] added {path} as {entry.ref}{aliases}: {human_bytes(entry.size)}, {_signature(entry)}",
+        soft_wrap=True,
+    )
     if shared:
         console.print(
             f"  {len(shared)} of {len(entry.members)} members ({human_bytes(shared_bytes)}) were already stored "
-            f"and are shared: {', '.join(sorted(shared))}"
+            f"and are shared: {', '.join(sorted(shared))}",
+            soft_wrap=True,
         )
 
 
@@ -160,6 +183,8 @@ def ls_command(
 ) -> None:
     """List stored versions: reference, aliases, program kind, signature, size, creation time."""
     registry = _registry_of(ctx)
+    if name is not None:
+        check_name("name", name)
     entries = registry.list(name) if _exists(registry) else []
     if name is not None and not entries:
         _require(registry)
@@ -168,7 +193,7 @@ def ls_command(
         _print_json([e.to_dict() for e in entries])
         return
     if not entries:
-        console.print(f"no models in {registry.root} yet; add one with `torchferry registry add PATH`.")
+        console.print(f"no models in {registry.root} yet; add one with `torchferry registry add PATH`.", soft_wrap=True)
         return
     table = Table(title=str(registry.root), title_justify="left")
     for column in ("ref", "aliases", "kind", "inputs → outputs", "size", "created"):
@@ -186,8 +211,9 @@ def ls_command(
     models = len({e.name for e in entries})
     console.print(table)
     console.print(
-        f"{len(entries)} version{'s' * (len(entries) != 1)} of {models} model{'s' * (models != 1)}: "
-        f"{human_bytes(sum(e.size for e in entries))} of archives in {human_bytes(sum(blobs.values()))} of blobs"
+        f"{_plural(len(entries), 'version')} of {_plural(models, 'model')}: "
+        f"{human_bytes(sum(e.size for e in entries))} of archives in {human_bytes(sum(blobs.values()))} of blobs",
+        soft_wrap=True,
     )
 
 
@@ -199,11 +225,11 @@ def show_command(ctx: typer.Context, ref: _Ref, as_json: _Json = False) -> None:
     entry = registry.get(ref)
     shared = _shared_with(entry, registry.list(entry.name))
     if as_json:
-        members = {
+        listed = {
             name: {"sha256": sha, "size": size, "shared_with": shared.get(name, [])}
             for name, (sha, size) in sorted(entry.members.items())
         }
-        _print_json({**entry.to_dict(), "members": members})
+        _print_json({**entry.to_dict(), "members": listed})
         return
     summary = entry.summary
     facts = Table(show_header=False, box=None, padding=(0, 2))
@@ -250,7 +276,7 @@ def alias_command(
         before = None
     entry = registry.alias(entry.ref, alias)
     moved = "" if before is None else (" (unchanged)" if before == entry.ref else f" (was {before})")
-    console.print(f"[green]✓[/] {entry.name}@{alias} → {entry.ref}{moved}")
+    console.print(f"[green]✓[/] {entry.name}@{alias} → {entry.ref}{moved}", soft_wrap=True)
 
 
 def unalias_command(
@@ -265,7 +291,7 @@ def unalias_command(
         raise UsageError(f"unalias takes NAME@ALIAS (e.g. iris@production), not {ref!r}.")
     target = registry.get(parsed).ref
     registry.unalias(parsed)
-    console.print(f"[green]✓[/] removed {parsed} (it pointed to {target}, which stays)")
+    console.print(f"[green]✓[/] removed {parsed} (it pointed to {target}, which stays)", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------- rm
@@ -289,7 +315,8 @@ def rm_command(
     gone = f" and {', '.join(entry.name + '@' + a for a in entry.aliases)}" if entry.aliases else ""
     console.print(
         f"[green]✓[/] removed {entry.ref}{gone}; `torchferry registry gc` deletes the blobs no version uses "
-        f"(those older than {GC_GRACE_S:g} s by default)"
+        f"(those older than {GC_GRACE_S:g} s by default)",
+        soft_wrap=True,
     )
 
 
@@ -323,9 +350,10 @@ def gc_command(
         return
     cached = report_dict["cached_archives_removed"]
     console.print(
-        f"removed {report_dict['blobs_removed']} blob{'s' * (report_dict['blobs_removed'] != 1)}"
-        + (f" and {cached} cached archive{'s' * (cached != 1)}" if cached else "")
-        + f", freed {human_bytes(report_dict['bytes_freed'])} (grace period {grace:g} s)"
+        f"removed {_plural(report_dict['blobs_removed'], 'blob')}"
+        + (f" and {_plural(cached, 'cached archive')}" if cached else "")
+        + f", freed {human_bytes(report_dict['bytes_freed'])} (grace period {grace:g} s)",
+        soft_wrap=True,
     )
 
 
@@ -337,7 +365,7 @@ def check_command(ctx: typer.Context, as_json: _Json = False) -> None:
     _require(registry)
     try:
         blobs = {sha: size for e in registry.list() for sha, size in e.members.values()}
-    except Exception:  # noqa: BLE001 - check itself reports a damaged index
+    except FerryError:  # check itself reports a damaged index
         blobs = {}
     with byte_progress("checking blobs", sum(blobs.values())) as progress:
         report = registry.check(progress=progress)
@@ -353,15 +381,17 @@ def check_command(ctx: typer.Context, as_json: _Json = False) -> None:
         )
     elif report.ok:
         console.print(
-            f"[green]✓[/] {registry.root}: index ok, {report.versions} versions, "
-            f"sha256 of {report.blobs_checked} blobs ok"
+            f"[green]✓[/] {registry.root}: index ok, {_plural(report.versions, 'version')}, "
+            f"sha256 of {_plural(report.blobs_checked, 'blob')} ok",
+            soft_wrap=True,
         )
     else:
         err_console.print(
-            f"{registry.root}: {len(report.problems)} problem{'s' * (len(report.problems) != 1)} "
-            f"({report.versions} versions, {report.blobs_checked} blobs checked)",
+            f"{registry.root}: {_plural(len(report.problems), 'problem')} "
+            f"({_plural(report.versions, 'version')}, {_plural(report.blobs_checked, 'blob')} checked)",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
         for problem in report.problems:
             err_console.print(f"  problem: {problem}", highlight=False, markup=False, soft_wrap=True)
@@ -383,7 +413,7 @@ def export_command(
         raise UsageError(f"{output} exists. Pass --force to overwrite it, or choose another --output.")
     entry = registry.get(ref)
     registry.export(entry.ref, output)
-    console.print(f"[green]✓[/] wrote {output} ({human_bytes(output.stat().st_size)}) from {entry.ref}")
+    console.print(f"[green]✓[/] wrote {output} ({human_bytes(output.stat().st_size)}) from {entry.ref}", soft_wrap=True)
 
 
 _EXAMPLES = {
