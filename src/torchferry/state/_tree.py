@@ -308,7 +308,36 @@ def _store_span(component: list[_Leaf], name: str, stored: dict[str, Stored]) ->
 
 def decode(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     """Rebuild the structure from its tree and the (already placed) stored tensors."""
-    return _Decoder(tensors).node(tree, 0)
+    return _Decoder(_aligned(tree, tensors)).node(tree, 0)
+
+
+def _retyped_bases(tree: Any) -> dict[str, int]:
+    """Stored byte tensors that views reinterpret as wider dtypes, with the widest item size."""
+    needs: dict[str, int] = {}
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            named = _DTYPE_BY_NAME.get(node["dtype"]) if isinstance(node.get("dtype"), str) else None
+            if isinstance(node.get("T"), str) and named is not None:
+                needs[node["T"]] = max(needs.get(node["T"], 1), named.itemsize)
+            stack.extend(node.values())
+    return needs
+
+
+def _aligned(tree: Any, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """Copy a stored byte tensor into fresh memory when a memory-mapped file placed it less aligned
+    than a dtype its views reinterpret it as (complex128 kernels crash on 8-byte alignment). Done
+    once per stored tensor, before any view is made, so every view still shares the copy."""
+    needs = _retyped_bases(tree)
+    moved = {
+        name: tensors[name].clone()
+        for name, itemsize in needs.items()
+        if name in tensors and tensors[name].data_ptr() % itemsize
+    }
+    return {**tensors, **moved} if moved else tensors
 
 
 _MAX_DEPTH = 500
@@ -393,8 +422,8 @@ def _view(base: torch.Tensor, node: dict[str, Any]) -> torch.Tensor:
     if "dtype" not in node:
         return torch.as_strided(base, shape, stride, base.storage_offset() + offset)
     byte_offset = base.storage_offset() * base.element_size() + offset
-    if byte_offset % dtype.itemsize:
-        base = base.clone()
+    if (base.untyped_storage().data_ptr() + byte_offset) % dtype.itemsize:
+        base = base.clone()  # _aligned() copies such bases up front; this only guards hand-made trees
         byte_offset = offset
     out = torch.empty(0, dtype=dtype, device=base.device)
     return out.set_(base.untyped_storage(), byte_offset // dtype.itemsize, shape, stride)

@@ -296,3 +296,16 @@ def test_unaligned_tensors_from_other_writers_are_read_not_mapped(tmp_path: Path
     path.write_bytes(struct.pack("<Q", len(body)) + body + data[a_begin:a_end] + data[b_begin:b_end])
     back = torchferry.load(path)
     assert torch.equal(back["b"], torch.arange(4.0)) and torch.equal(back["a"], torch.arange(3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("pad", [0, 8, 16, 24])
+def test_wide_views_of_shared_bytes_are_aligned_and_still_shared(tmp_path: Path, pad: int) -> None:
+    """A complex128 tensor and a uint8 view of it are stored as one byte span; mapped from the file
+    that span may be only 8-byte aligned, and complex128 kernels crash on that (found by hypothesis)."""
+    value = torch.tensor([1 + 2j, -3 + 0.5j], dtype=torch.complex128)
+    obj = {"pad": torch.zeros(pad, dtype=torch.uint8), "c": value, "bytes": value.view(torch.uint8)}
+    torchferry.save(obj, tmp_path / "c.safetensors", fsync=False)
+    out = torchferry.load(tmp_path / "c.safetensors")
+    assert out["c"].data_ptr() % 16 == 0
+    assert torch.equal(out["c"].clone(), value)
+    assert out["c"].untyped_storage().data_ptr() == out["bytes"].untyped_storage().data_ptr()
