@@ -21,6 +21,9 @@ actual value; why, when it is not obvious; the exact call, flag or command that 
     │   └── InputError              predict() inputs do not match the model's signature
     ├── StateDictMismatchError      load_into(strict=True) found missing/unexpected/mismatched keys
     ├── NotFoundError               a registry reference names no stored model, version or alias
+    ├── OverloadedError             a model's request queue is full; retry after .retry_after_s (429)
+    ├── DeadlineExceededError       a request waited or ran past its deadline (504)
+    ├── ModelFailedError            the model raised while running a request (.error_id; 500)
     ├── RegistryError               a registry change conflicts (an aliased version) or its store is damaged
     └── CheckpointError             a checkpoint lacks what resume() was asked to restore
 """
@@ -41,7 +44,10 @@ __all__ = [
     "FerryError",
     "FileFormatError",
     "InputError",
+    "DeadlineExceededError",
+    "ModelFailedError",
     "NotFoundError",
+    "OverloadedError",
     "IntegrityError",
     "PackagingError",
     "RegistryError",
@@ -181,3 +187,31 @@ class RegistryError(FerryError):
     adding a version that exists) or the registry's files are damaged."""
 
     http_status = 409
+
+
+class OverloadedError(FerryError):
+    """Raised when a model's request queue is full: the server answers 429 with ``Retry-After``
+    instead of building an unbounded backlog."""
+
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(FerryError):
+    """Raised when a request is still queued (or running) when its deadline passes."""
+
+    http_status = 504
+
+
+class ModelFailedError(FerryError):
+    """Raised when the model itself raised while running a request; ``.error_id`` is also logged,
+    so the caller's report can be matched with the server's log. Other requests are unaffected."""
+
+    http_status = 500
+
+    def __init__(self, message: str, *, error_id: str) -> None:
+        super().__init__(message)
+        self.error_id = error_id

@@ -1,0 +1,1 @@
+"""The inference server: protocols, dynamic batching, model manager, metrics, limits."""
