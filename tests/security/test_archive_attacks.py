@@ -420,6 +420,23 @@ def test_file_reading_operator_is_refused_with_reason(archive: bytes, tmp_path: 
         torchferry.load_model(_write(tmp_path, with_graph(archive, graph)))
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.ops.aten._reshape_alias.default",  # a view with no storage bounds check: reads past the tensor
+        "torch.ops.aten.set_.source_Storage",
+        "torch.ops.aten.relu_.default",
+        "torch.ops.aten.add.out",
+        "torch.ops.aten._cudnn_rnn.default",
+    ],
+)
+def test_memory_aliasing_and_internal_operators_are_refused(archive: bytes, tmp_path: Path, target: str) -> None:
+    graph = graph_of(archive)
+    _nodes(graph)[0]["target"] = target
+    with pytest.raises(ArchiveError, match="not allowed in archives"):
+        torchferry.load_model(_write(tmp_path, with_graph(archive, graph)))
+
+
 @pytest.mark.parametrize("target", [5, None, ["torch.ops.aten.relu.default"], {"torch": "ops"}, True])
 def test_non_string_node_target_is_refused(archive: bytes, tmp_path: Path, target: Any) -> None:
     graph = graph_of(archive)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchferry.archive.integrity import Digest
-from torchferry.errors import ArchiveError
+from torchferry.archive.processing import check_step
+from torchferry.errors import ArchiveError, UsageError
 
 FORMAT_ID = "torchferry.archive/1"
 FORMAT_PREFIX = "torchferry.archive/"
@@ -262,7 +263,7 @@ def parse_manifest(path: str, raw: bytes) -> Manifest:
     if labels is not None and not all(isinstance(label, str) for label in labels):
         raise fields.fail("labels", "should be a list of strings")
     version = fields.get("version", (str, int), optional=True)
-    return Manifest(
+    manifest = Manifest(
         name=fields.get("name", str),
         version=None if version is None else str(version),
         created=fields.get("created", str),
@@ -279,6 +280,24 @@ def parse_manifest(path: str, raw: bytes) -> Manifest:
         members=_members(fields),
         metadata=fields.get("metadata", dict, optional=True) or {},
     )
+    _check_processing(path, manifest)
+    return manifest
+
+
+def _check_processing(path: str, manifest: Manifest) -> None:
+    """Processing steps are data the runtime acts on: validate them now, not at the first predict."""
+    inputs = [spec.name for spec in manifest.signature.inputs]
+    steps = [("preprocess", "image", s) for s in manifest.preprocess]
+    steps += [("postprocess", "classify", s) for s in manifest.postprocess]
+    for field_name, op, step in steps:
+        try:
+            if step.get("op") != op:
+                raise UsageError(f"{field_name} steps must have op {op!r}")
+            check_step(step, inputs, manifest.labels)
+        except UsageError as exc:
+            raise ArchiveError(
+                f"{path}: ferry.json {field_name} is invalid ({exc}); re-pack the model.", path=path
+            ) from None
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

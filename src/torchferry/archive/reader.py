@@ -17,7 +17,7 @@ import torch
 
 from torchferry._types import MapLocation, PathLike
 from torchferry.archive.container import Member, open_members, read_member
-from torchferry.archive.integrity import check_members
+from torchferry.archive.integrity import Digest, check_members
 from torchferry.archive.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from torchferry.errors import ArchiveError, FerryError, IntegrityError
 from torchferry.state._safetensors_io import map_tensors, private_mapping, read_header
@@ -78,10 +78,13 @@ class ArchiveReader:
         return loaded.obj
 
     def check_integrity(self, *, algorithm: str = "xxh3_64", progress: Callable[[int], None] | None = None) -> None:
-        pairs = [(self.members[name], digest) for name, digest in sorted(self.manifest.members.items())]
-        for file in dict.fromkeys(member.file for member, _ in pairs):
-            in_file = [(m, d) for m, d in pairs if m.file == file]
-            check_members(self.path, in_file, algorithm=algorithm, progress=progress, mapping=self.mapping(file))
+        by_file: dict[str | None, list[tuple[Member, Digest]]] = {}
+        for name, digest in sorted(self.manifest.members.items()):
+            by_file.setdefault(self.members[name].file, []).append((self.members[name], digest))
+        for file, in_file in by_file.items():
+            # an empty file (a registry blob of an empty member) cannot be mapped, and needs no mapping
+            mapping = self.mapping(file) if any(m.size for m, _ in in_file) else None
+            check_members(self.path, in_file, algorithm=algorithm, progress=progress, mapping=mapping)
 
 
 def _check_member_set(path: str, members: dict[str, Member], manifest: Manifest) -> None:

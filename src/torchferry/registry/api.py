@@ -30,7 +30,7 @@ def resolve(source: PathLike | ArchiveReader, registry: Registry | None = None) 
     if isinstance(source, ArchiveReader):
         return source
     text = os.fspath(source)
-    if os.path.exists(text) or not isinstance(source, str) or text.endswith(".ferry") or os.sep in text:
+    if os.path.isfile(text) or not isinstance(source, str) or text.endswith(".ferry") or os.sep in text:
         return Path(text)
     try:
         return (registry or Registry()).reader(text)

@@ -52,6 +52,32 @@ class GraphError(ValueError):
 Getter = Callable[[dict[str, Any]], Any]
 
 
+_PRIVATE_ALLOWED = frozenset({
+    "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+    "_to_copy", "_softmax", "_log_softmax", "_unsafe_view", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
+    "_assert_scalar", "_assert_async", "_assert_tensor_metadata", "_local_scalar_dense", "_prelu_kernel",
+    "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa", "_upsample_nearest_exact2d", "_embedding_bag",
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+    "_native_multi_head_attention", "_weight_norm_interface", "_cdist_forward", "_pdist_forward",
+    "_log_softmax_backward_data", "_softmax_backward_data", "_fft_r2c", "_fft_c2r", "_fft_c2c",
+})  # fmt: skip
+"""Internal ATen operators that exported inference programs emit and that check their inputs."""
+_UNSAFE_PUBLIC = frozenset({"set", "resize", "resize_as", "as_strided_scatter", "empty_strided"})
+
+
+def _unsafe_name(name: str, overload: str) -> bool:
+    """In-place (``add_``), ``out=`` overloads, internal (``_reshape_alias``) and storage-level operators.
+
+    Exported programs are functional, so none of these are needed; several can make views that
+    escape their storage (``_reshape_alias``, ``set_``) and read or write arbitrary memory.
+    """
+    if name.endswith("_") or overload == "out" or overload.endswith("_out"):
+        return True
+    if name.startswith("_"):
+        return name not in _PRIVATE_ALLOWED
+    return name in _UNSAFE_PUBLIC
+
+
 def resolve_target(target: str) -> Callable[..., Any]:
     """The callable a node names: an ATen/prims overload or an allowed Python operator."""
     if target in _PY_OPERATORS:
@@ -59,6 +85,11 @@ def resolve_target(target: str) -> Callable[..., Any]:
     parts = target.split(".")
     if len(parts) != 5 or parts[:2] != ["torch", "ops"] or parts[2] not in _OP_NAMESPACES:
         raise GraphError(f"operator {target!r} is not an ATen or prims operator")
+    if _unsafe_name(parts[3], parts[4]):
+        raise GraphError(
+            f"operator {target!r} is not allowed in archives: in-place, out= and internal operators can "
+            "alias memory without bounds checks, and exported (functional) programs never need them"
+        )
     namespace = getattr(torch.ops, parts[2])
     try:
         packet = getattr(namespace, parts[3])

@@ -45,7 +45,7 @@ def to_tensor(spec: TensorSpec, value: Any) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     else:
         try:
-            return torch.tensor(value, dtype=dtype)
+            tensor = torch.tensor(value)  # its own dtype first: 1.7 must not silently become 1 for an int input
         except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(
                 f"input {spec.name!r}: expected {spec.describe()} as nested lists of numbers, got "
@@ -53,7 +53,11 @@ def to_tensor(spec: TensorSpec, value: Any) -> torch.Tensor:
             ) from None
     if tensor.dtype == dtype:
         return tensor
-    if not np.can_cast(_np_dtype(tensor.dtype), _np_dtype(dtype), "same_kind"):
+    try:
+        allowed = np.can_cast(_np_dtype(tensor.dtype), _np_dtype(dtype), "same_kind")
+    except TypeError:  # a dtype numpy does not know (float8, complex32)
+        allowed = tensor.dtype.is_floating_point == dtype.is_floating_point
+    if not allowed:
         raise InputError(
             f"input {spec.name!r}: expected dtype {spec.dtype}, got {str(tensor.dtype).split('.')[-1]} "
             "(it cannot be converted without losing its kind, e.g. float to int)."

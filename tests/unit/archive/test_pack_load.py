@@ -12,7 +12,10 @@ import torch
 from torch import nn
 
 import torchferry as ferry
-from torchferry.errors import InputError, PackagingError, UsageError
+from tests.archive_helpers import rebuild
+from torchferry.archive.manifest import TensorSpec
+from torchferry.errors import ArchiveError, InputError, PackagingError, UsageError
+from torchferry.runtime.inputs import to_tensor
 
 pytestmark = pytest.mark.unit
 
@@ -238,3 +241,23 @@ def test_graph_holds_no_stack_traces(two_inputs: tuple[Path, nn.Module]) -> None
     nodes = graph["graph_module"]["graph"]["nodes"]
     assert nodes and all("stack_trace" not in node["metadata"] for node in nodes)
     assert __file__ not in json.dumps(graph)
+
+
+def test_float_lists_are_not_truncated_into_integer_inputs() -> None:
+    spec = TensorSpec("ids", "int64", (-1, 2))
+    assert to_tensor(spec, [[1, 2]]).dtype == torch.int64
+    with pytest.raises(InputError, match="expected dtype int64, got float32"):
+        to_tensor(spec, [[1.7, 2.9]])
+    assert to_tensor(TensorSpec("x", "float32", (-1, 2)), [[1, 2]]).dtype == torch.float32
+
+
+def test_processing_steps_are_validated_when_an_archive_is_opened(tmp_path: Path) -> None:
+    path = tmp_path / "m.ferry"
+    ferry.pack(nn.Linear(4, 3), path, example_inputs=torch.randn(2, 4), labels=["a", "b", "c"])
+
+    def add_bad_step(manifest: dict[str, object]) -> None:
+        manifest["postprocess"] = [{"op": "classify", "top_k": "five", "softmax": True}]
+
+    (tmp_path / "bad.ferry").write_bytes(rebuild(path.read_bytes(), manifest=add_bad_step))
+    with pytest.raises(ArchiveError, match=r"postprocess is invalid.*'top_k' must be a positive integer"):
+        ferry.load_model(tmp_path / "bad.ferry")

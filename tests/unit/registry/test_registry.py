@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchferry as ferry
+from tests.archive_helpers import rebuild
 from torchferry.errors import ArchiveError, IntegrityError, NotFoundError, RegistryError, UsageError
 from torchferry.registry.refs import Ref, parse_ref
 
@@ -221,3 +222,14 @@ def test_reusing_a_stored_blob_makes_it_young_again(registry: ferry.Registry, ar
     entry = registry.add(archives["a"])
     for sha, _ in entry.members.values():
         assert registry.blobs.path(sha).stat().st_mtime > old + 1
+
+
+def test_an_archive_with_an_empty_member_loads_from_the_registry(
+    registry: ferry.Registry, archives: dict[str, Path], tmp_path: Path
+) -> None:
+    """An empty member becomes an empty blob, which cannot be memory-mapped (found in review)."""
+    data = rebuild(archives["a"].read_bytes(), add={"extra/empty.txt": b""})
+    (tmp_path / "empty.ferry").write_bytes(data)
+    registry.add(tmp_path / "empty.ferry")
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(registry.load("clf")(x), ferry.load_model(archives["a"])(x))
