@@ -49,11 +49,13 @@ class BlobStore:
         Raises ``IntegrityError`` (storing nothing) when the bytes do not hash to ``sha256``.
         """
         if self.has(sha256, size):
-            # refresh its age: gc spares young unreferenced blobs, and this one is about to be referenced
-            os.utime(self.path(sha256))
-            if progress is not None:
-                progress(size)
-            return False
+            try:  # refresh its age: gc spares young unreferenced blobs, and this one is about to be referenced
+                os.utime(self.path(sha256))
+                if progress is not None:
+                    progress(size)
+                return False
+            except OSError:
+                pass  # not ours to touch, or gc just took it: write it again below
         target = self.path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()

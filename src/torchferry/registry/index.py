@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from torchferry.errors import FileFormatError
+from torchferry.errors import FerryError, FileFormatError, RegistryError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -63,7 +63,18 @@ class Index:
             ) from None
         return connection
 
-    def _damaged(self, exc: BaseException) -> FileFormatError:
+    def _damaged(self, exc: BaseException) -> FerryError:
+        text = str(exc).lower()
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return RegistryError(
+                f"{self.path}: the registry index stayed locked by another process for "
+                f"{BUSY_TIMEOUT_S:.0f} s ({exc}); try again when that process is done."
+            )
+        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "read-only" in text):
+            return RegistryError(
+                f"{self.path}: the registry index is read-only here ({exc}); use a registry you "
+                "can write (--root / TORCHFERRY_HOME) or fix its permissions."
+            )
         return FileFormatError(
             f"{self.path}: the registry index is damaged ({exc}). Run `torchferry registry check`; restore the "
             "file from a backup or move it away to start a new index.",

@@ -336,6 +336,10 @@ class Registry:
         check_name("alias", alias)
         entry = self.get(ref)
         with self.index.write() as db:
+            if not db.execute(
+                "SELECT 1 FROM versions WHERE name = ? AND version = ?", (entry.name, entry.version)
+            ).fetchone():
+                raise NotFoundError(f"{entry.ref} was removed meanwhile; nothing was aliased.")
             db.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (entry.name, alias, entry.version))
         return self.get(Ref(entry.name, entry.version))
 
@@ -354,12 +358,19 @@ class Registry:
         Its blobs stay until ``gc`` (other versions may share them).
         """
         entry = self.get(ref)
-        if entry.aliases and not force:
-            raise RegistryError(
-                f"{entry.ref} is what {', '.join(entry.name + '@' + a for a in entry.aliases)} points to; move the "
-                "alias first (torchferry registry alias) or pass force=True (--force) to remove both."
-            )
-        with self.index.write() as db:
+        with self.index.write() as db:  # the alias check runs inside the transaction: no alias slips in between
+            aliases = [
+                row[0]
+                for row in db.execute(
+                    "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias",
+                    (entry.name, entry.version),
+                )
+            ]
+            if aliases and not force:
+                raise RegistryError(
+                    f"{entry.ref} is what {', '.join(entry.name + '@' + a for a in aliases)} points to; move the "
+                    "alias first (torchferry registry alias) or pass force=True (--force) to remove both."
+                )
             db.execute("DELETE FROM aliases WHERE name = ? AND version = ?", (entry.name, entry.version))
             db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (entry.name, entry.version))
         return entry
