@@ -7,12 +7,19 @@ import torch
 __all__ = ["all_close", "max_errors"]
 
 
+def _float64(tensor: torch.Tensor) -> torch.Tensor:
+    """As float64 on the CPU; complex values as (real, imaginary) pairs, so neither part is dropped."""
+    values = tensor.detach().cpu()
+    if values.is_complex():
+        values = torch.view_as_real(values.resolve_conj())
+    return values.to(torch.float64)
+
+
 def max_errors(expected: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
     """``(max absolute error, max relative error)``; exact for integer and bool outputs."""
     if expected.numel() == 0:
         return 0.0, 0.0
-    want = expected.detach().to("cpu", torch.float64)
-    have = actual.detach().to("cpu", torch.float64)
+    want, have = _float64(expected), _float64(actual)
     diff = (want - have).abs()
     both_nan = want.isnan() & have.isnan()
     diff = torch.where(both_nan, torch.zeros_like(diff), diff)
@@ -26,6 +33,5 @@ def all_close(expected: torch.Tensor, actual: torch.Tensor, *, rtol: float, atol
     """Elementwise ``|actual - expected| <= atol + rtol * |expected|`` (NaN equals NaN), shapes equal."""
     if expected.shape != actual.shape:
         return False
-    want = expected.detach().to("cpu", torch.float64)
-    have = actual.detach().to("cpu", torch.float64)
+    want, have = _float64(expected), _float64(actual)
     return bool(torch.isclose(have, want, rtol=rtol, atol=atol, equal_nan=True).all())

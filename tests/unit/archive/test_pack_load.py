@@ -16,6 +16,7 @@ from tests.archive_helpers import rebuild
 from torchferry.archive.manifest import TensorSpec
 from torchferry.errors import ArchiveError, InputError, PackagingError, UsageError
 from torchferry.runtime.inputs import to_tensor
+from torchferry.runtime.outputs import all_close, max_errors
 
 pytestmark = pytest.mark.unit
 
@@ -261,3 +262,11 @@ def test_processing_steps_are_validated_when_an_archive_is_opened(tmp_path: Path
     (tmp_path / "bad.ferry").write_bytes(rebuild(path.read_bytes(), manifest=add_bad_step))
     with pytest.raises(ArchiveError, match=r"postprocess is invalid.*'top_k' must be a positive integer"):
         ferry.load_model(tmp_path / "bad.ferry")
+
+
+def test_output_comparison_sees_imaginary_parts() -> None:
+    a = torch.tensor([1 + 1j, 2 + 0j])
+    b = torch.tensor([1 + 1j, 2 + 5j])
+    assert not all_close(a, b, rtol=1e-4, atol=1e-5)
+    assert max_errors(a, b)[0] == 5.0
+    assert all_close(a, a.clone(), rtol=0, atol=0)
