@@ -19,6 +19,7 @@ from torchferry.errors import ArchiveError, UsageError
 FORMAT_ID = "torchferry.archive/1"
 FORMAT_PREFIX = "torchferry.archive/"
 MANIFEST_NAME = "ferry.json"
+WEIGHTS_MEMBER = "weights.safetensors"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 PROGRAM_KINDS = ("export", "python")
 OUTPUT_STRUCTURES = ("tensor", "tuple", "list", "dict")

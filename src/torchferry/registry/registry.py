@@ -379,8 +379,9 @@ class Registry:
         """Delete blobs no version refers to (older than ``grace_s``), dead writers' temporaries and
         cached archives of removed versions; report what was freed."""
         report = GcReport()
-        live = {sha for entry in self.list() for sha, _ in entry.members.values()}
-        live_archives = {entry.sha256 for entry in self.list()}
+        entries = self.list()  # one snapshot for both sets
+        live = {sha for entry in entries for sha, _ in entry.members.values()}
+        live_archives = {entry.sha256 for entry in entries}
         report.blobs_removed += len(self.blobs.remove_temporaries())
         now = time.time()
         for sha, blob in self.blobs.all():

@@ -14,13 +14,12 @@ from typing import Any
 import torch
 
 from torchferry._types import DeviceLike, PathLike
+from torchferry.archive.manifest import WEIGHTS_MEMBER
 from torchferry.archive.reader import ArchiveReader, open_archive
 from torchferry.archive.signature import flatten_outputs
 from torchferry.errors import ArchiveError, DeviceError, UntrustedCodeError
 from torchferry.runtime.graph import GraphError, GraphProgram
 from torchferry.runtime.packaged import Packaged
-
-WEIGHTS_MEMBER = "weights.safetensors"
 
 __all__ = ["build_runner", "load_model", "open_checked"]
 

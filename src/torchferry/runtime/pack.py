@@ -20,7 +20,7 @@ import torch
 from torchferry._types import PathLike
 from torchferry._version import __version__
 from torchferry.archive.export_program import CONSTANTS_MEMBER, GRAPH_MEMBER, export_graph
-from torchferry.archive.manifest import Manifest, Signature
+from torchferry.archive.manifest import WEIGHTS_MEMBER, Manifest, Signature
 from torchferry.archive.processing import processing_steps
 from torchferry.archive.signature import flatten_outputs, named_examples, tensor_specs
 from torchferry.archive.writer import write_ferry
@@ -28,7 +28,6 @@ from torchferry.errors import PackagingError, UsageError
 from torchferry.runtime.graph import GraphError, GraphProgram
 from torchferry.runtime.outputs import all_close, max_errors
 
-WEIGHTS_MEMBER = "weights.safetensors"
 EXAMPLE_INPUTS_MEMBER = "examples/inputs.safetensors"
 EXAMPLE_OUTPUTS_MEMBER = "examples/outputs.safetensors"
 PY_TENSORS_MEMBER = "program/tensors.safetensors"

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import torch
 
 from torchferry._types import PathLike
-from torchferry.archive.manifest import Manifest
+from torchferry.archive.manifest import WEIGHTS_MEMBER, Manifest
 from torchferry.archive.reader import ArchiveReader
 from torchferry.errors import ArchiveError, FerryError
-from torchferry.runtime.load import WEIGHTS_MEMBER, build_runner, open_checked
+from torchferry.runtime.load import build_runner, open_checked
 from torchferry.runtime.outputs import all_close, max_errors
 from torchferry.runtime.packaged import Packaged
 
