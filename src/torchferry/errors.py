@@ -24,6 +24,8 @@ actual value; why, when it is not obvious; the exact call, flag or command that 
     ├── OverloadedError             a model's request queue is full; retry after .retry_after_s (429)
     ├── DeadlineExceededError       a request waited or ran past its deadline (504)
     ├── ModelFailedError            the model raised while running a request (.error_id; 500)
+    ├── NotReadyError               the server is still loading or is draining for shutdown (503)
+    ├── UnauthorizedError           a management request lacks the server's API token (401)
     ├── RegistryError               a registry change conflicts (an aliased version) or its store is damaged
     └── CheckpointError             a checkpoint lacks what resume() was asked to restore
 """
@@ -47,6 +49,7 @@ __all__ = [
     "DeadlineExceededError",
     "ModelFailedError",
     "NotFoundError",
+    "NotReadyError",
     "OverloadedError",
     "IntegrityError",
     "PackagingError",
@@ -55,6 +58,7 @@ __all__ = [
     "UntrustedCodeError",
     "UnsafePickleError",
     "UnsupportedObjectError",
+    "UnauthorizedError",
     "UsageError",
 ]
 
@@ -198,6 +202,19 @@ class OverloadedError(FerryError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotReadyError(FerryError):
+    """Raised for requests that arrive before the models have loaded or while the server drains
+    for shutdown; the only case the server answers 503 (a full queue is 429)."""
+
+    http_status = 503
+
+
+class UnauthorizedError(FerryError):
+    """Raised when a management request (load, unload, set default) lacks the server's API token."""
+
+    http_status = 401
 
 
 class DeadlineExceededError(FerryError):

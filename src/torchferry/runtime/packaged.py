@@ -74,7 +74,9 @@ class Packaged:
             return {spec.name: value for spec, value in zip(self.signature.outputs, flat)}
         return list(flat) if structure == "list" else tuple(flat)
 
-    def _prepare(self, inputs: Any) -> tuple[list[torch.Tensor], bool]:
+    def prepare(self, inputs: Any) -> tuple[list[torch.Tensor], bool]:
+        """``predict``'s first half: checked tensors in signature order (each with a batch dim), and
+        whether ``inputs`` was one unbatched sample. The server batches between the two halves."""
         named = as_named(self.signature, inputs)
         images = {step["input"]: step for step in self.manifest.preprocess if step["op"] == "image"}
         tensors: list[torch.Tensor] = []
@@ -103,8 +105,11 @@ class Packaged:
         One sample without its batch dimension is accepted and answered without one. An
         output with a ``Classify`` step comes back as ``[{"label", "score"}, ...]`` per sample.
         """
-        tensors, single = self._prepare(inputs)
-        outputs = self.run(tensors)
+        tensors, single = self.prepare(inputs)
+        return self.finish(self.run(tensors), single)
+
+    def finish(self, outputs: Sequence[torch.Tensor], single: bool) -> dict[str, Any]:
+        """``predict``'s second half: flat outputs → ``{name: numpy array or ranked labels}``."""
         result: dict[str, Any] = {}
         classify = {step.get("output") or self.signature.outputs[0].name: step for step in self.manifest.postprocess}
         for spec, value in zip(self.signature.outputs, outputs):

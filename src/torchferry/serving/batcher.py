@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from torchferry.errors import DeadlineExceededError, ModelFailedError, OverloadedError
+from torchferry.errors import DeadlineExceededError, ModelFailedError, NotReadyError, OverloadedError
 
 log = logging.getLogger("torchferry.serving")
 
@@ -69,6 +69,7 @@ class Batcher:
         queue_size: int = 256,
         batchable: bool = True,
         torch_threads: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or queue_size < 1 or max_delay_ms < 0:
             raise ValueError("max_batch_size and queue_size must be >= 1 and max_delay_ms >= 0")
@@ -77,6 +78,7 @@ class Batcher:
         self.max_delay_s = max_delay_ms / 1000
         self.queue_size = queue_size
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._torch_threads = torch_threads
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
@@ -84,6 +86,8 @@ class Batcher:
         self._busy = False
         self.batches_run = 0
         self.batch_sizes: collections.Counter[int] = collections.Counter()
+        self.batch_infer_ns: collections.Counter[int] = collections.Counter()
+        """Inference time summed by batch size (Triton's ``batch_stats``)."""
         self._thread = threading.Thread(target=self._loop, name=f"torchferry-{name}", daemon=True)
         self._thread.start()
 
@@ -109,7 +113,7 @@ class Batcher:
         )
         with self._cond:
             if self._closing:
-                raise OverloadedError(f"model {self.name} is shutting down; retry on another replica.", retry_after_s=1)
+                raise NotReadyError(f"model {self.name} is shutting down; retry on another replica.")
             if len(self._queue) >= self.queue_size:
                 raise OverloadedError(
                     f"model {self.name} has {len(self._queue)} requests queued (the limit); retry shortly or raise "
@@ -220,12 +224,19 @@ class Batcher:
             stacked = [torch.cat(parts) for parts in zip(*(r.inputs for r in batch))]
         with torch.inference_mode():
             outputs = list(self._run_batch(stacked))
-        infer_ms = 1000 * (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        infer_ms = 1000 * elapsed
         rows = self._rows(batch)
         if len(batch) > 1 and any(o.dim() == 0 or o.shape[0] != rows for o in outputs):
             raise ValueError("outputs do not have the batch dimension")  # re-run one by one
         self.batches_run += 1
         self.batch_sizes[rows] += 1
+        self.batch_infer_ns[rows] += int(elapsed * 1e9)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(rows, elapsed)
+            except Exception:  # a metrics hook must not make a good batch look failed
+                log.exception("model %s: the batch hook failed", self.name)
         offset = 0
         for request in batch:
             parts = outputs if len(batch) == 1 else [o[offset : offset + request.rows] for o in outputs]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchferry.errors import DeadlineExceededError, ModelFailedError, OverloadedError
+from torchferry.errors import DeadlineExceededError, ModelFailedError, NotReadyError, OverloadedError
 from torchferry.serving.batcher import Batcher
 
 pytestmark = pytest.mark.unit
@@ -164,5 +164,5 @@ def test_close_drains_queued_requests() -> None:
     futures = [batcher.submit_nowait([torch.randn(1, 4)]) for _ in range(5)]
     batcher.close()
     assert all(f.done() and f.exception() is None for f in futures)
-    with pytest.raises(OverloadedError, match="shutting down"):
+    with pytest.raises(NotReadyError, match="shutting down"):
         batcher.submit_nowait([torch.randn(1, 4)])
