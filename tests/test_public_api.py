@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 EXPECTED = {
     "Checkpoint", "FerryError", "LoadReport", "__version__", "load", "load_into", "resume", "save", "save_checkpoint",
     "Classify", "ImageInput", "Manifest", "Packaged", "VerifyReport", "inspect", "load_model", "pack", "verify",
-    "Registry",
+    "Registry", "serve",
 }  # fmt: skip
 
 

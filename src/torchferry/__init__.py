@@ -10,6 +10,7 @@ Safe save/restore of training state, and self-contained model archives::
     ckpt = ferry.resume("ckpt.safetensors", model=model, optimizer=opt)
     ferry.pack(model, "model.ferry", example_inputs=x)  # no source needed to open it
     served = ferry.load_model("model.ferry")            # served(x), served.predict(...)
+    ferry.serve("model.ferry", port=8080)               # HTTP: OIP v2, KServe v1, /predict
 """
 
 from torchferry._version import __version__
@@ -21,6 +22,7 @@ from torchferry.registry.registry import Registry
 from torchferry.runtime.pack import pack
 from torchferry.runtime.packaged import Packaged
 from torchferry.runtime.verify import VerifyReport
+from torchferry.serving.api import serve
 from torchferry.state.checkpoint import Checkpoint, resume, save_checkpoint
 from torchferry.state.load_into import load_into
 from torchferry.state.report import LoadReport
@@ -45,5 +47,6 @@ __all__ = [
     "resume",
     "save",
     "save_checkpoint",
+    "serve",
     "verify",
 ]

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -55,6 +56,9 @@ def configure_logging(level: str) -> None:
 def _exit_quietly_on_signals() -> Iterator[None]:
     """uvicorn re-raises the stop signal after a graceful shutdown; with the default handler the
     process would then die by that signal. A handler that ignores the re-raise lets us exit 0."""
+    if threading.current_thread() is not threading.main_thread():  # signals belong to the main thread
+        yield
+        return
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

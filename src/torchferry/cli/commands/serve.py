@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from torchferry.cli.commands.registry import HOME_VARIABLE
-from torchferry.errors import UsageError
 
 EPILOG = """Examples:
 
@@ -78,32 +77,23 @@ def serve_command(
     simple JSON and file upload, with dynamic batching, Prometheus metrics at /metrics and
     OpenAPI docs at /docs. Flags override the --config file; the file overrides the defaults.
     """
-    try:
-        from torchferry.serving.config import load_config
-        from torchferry.serving.server import run_server
-    except ImportError as exc:
-        raise UsageError(
-            f"serving needs the serve extra ({exc.name} is missing): pip install 'torchferry[serve]'."
-        ) from None
+    from torchferry.serving.api import serve
 
-    options = {
-        "max_batch_size": max_batch_size,
-        "max_delay_ms": max_delay_ms,
-        "queue_size": queue_size,
-        "timeout_ms": timeout_ms,
-        "torch_threads": torch_threads,
-        "trust_code": trust_code,
-        "device": device,
-    }
-    server = {
-        "host": host,
-        "port": port,
-        "workers": workers,
-        "max_body_mb": max_body_mb,
-        "registry": None if registry is None else str(registry),
-        "log_level": log_level,
-    }
-    settings = load_config(config, sources=models or [], server=server, options=options)
-    if not settings.models:
-        raise UsageError("no model to serve: name .ferry files or registry references, or [[models]] in --config.")
-    run_server(settings, api_token=api_token)
+    serve(
+        models or [],
+        host=host,
+        port=port,
+        workers=workers,
+        config=config,
+        registry=registry,
+        max_body_mb=max_body_mb,
+        api_token=api_token,
+        log_level=log_level,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        queue_size=queue_size,
+        timeout_ms=timeout_ms,
+        torch_threads=torch_threads,
+        trust_code=trust_code,
+        device=device,
+    )
