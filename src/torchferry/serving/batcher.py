@@ -192,6 +192,8 @@ class Batcher:
         now = time.monotonic()
         live = []
         for request in batch:
+            if not request.future.set_running_or_notify_cancel():
+                continue  # its caller gave up (e.g. its own deadline timer fired while it was queued)
             if request.deadline is not None and now > request.deadline:
                 request.future.set_exception(
                     DeadlineExceededError(
@@ -199,7 +201,7 @@ class Batcher:
                         f"{self.name}, past its deadline; retry later or raise --timeout-ms."
                     )
                 )
-            elif request.future.set_running_or_notify_cancel():
+            else:
                 request.started = now
                 live.append(request)
         if not live:
