@@ -10,7 +10,7 @@ import typer
 
 from torchferry._version import __version__
 from torchferry.cli._render import err_console
-from torchferry.cli.commands import convert, inspect, pack, registry, verify
+from torchferry.cli.commands import bench, convert, inspect, pack, predict, registry, serve, verify
 from torchferry.errors import FerryError
 
 EXIT_ERROR = 1
@@ -48,6 +48,9 @@ app.command("inspect", epilog=inspect.EPILOG)(inspect.inspect_command)
 app.command("verify", epilog=verify.EPILOG)(verify.verify_command)
 app.command("convert", epilog=convert.EPILOG)(convert.convert_command)
 app.add_typer(registry.app, name="registry")
+app.command("serve", epilog=serve.EPILOG)(serve.serve_command)
+app.command("predict", epilog=predict.EPILOG)(predict.predict_command)
+app.command("bench", epilog=bench.EPILOG)(bench.bench_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,10 @@ def _decode(value: Any, channels: str) -> Any:
             image = Image.open(io.BytesIO(bytes(value)))
             image.load()
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise InputError(f"the image could not be decoded ({exc}); send PNG or JPEG bytes.") from None
+            reason = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise InputError(
+                f"the image could not be decoded ({reason}; {len(value)} bytes); send PNG or JPEG bytes."
+            ) from None
     else:
         image = value
     return image.convert("L" if channels == "L" else "RGB")

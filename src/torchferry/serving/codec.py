@@ -206,7 +206,7 @@ def _load_json(header: memoryview, header_length: int | None) -> dict[str, Any]:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as error:
         raise InputError(
-            f"The inference request header is not valid JSON ({error}; {len(header)} bytes).{hint}"
+            f"the inference request header is not valid JSON ({error}; {len(header)} bytes).{hint}"
         ) from None
     if not isinstance(doc, dict):
         raise InputError(
@@ -253,8 +253,8 @@ def _flag(parameters: dict[str, Any], key: str, default: bool, where: str) -> bo
 
 
 def _request_parameters(doc: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-    parameters = dict(_parameters(doc.get("parameters"), "The request"))
-    binary = _flag(parameters, "binary_data_output", False, "The request")
+    parameters = dict(_parameters(doc.get("parameters"), "the request"))
+    binary = _flag(parameters, "binary_data_output", False, "the request")
     parameters.pop("binary_data_output", None)
     return binary, parameters
 
@@ -283,7 +283,7 @@ def _requested_output(item: object, index: int, default_binary: bool) -> Request
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise InputError(f'{where} needs a non-empty string "name", got {name!r}. Name the output to return.')
-    where = f"Output {name!r}"
+    where = f"output {name!r}"
     parameters = _parameters(item.get("parameters"), where)
     _refuse_unsupported(parameters, where)
     return RequestedOutput(name, _flag(parameters, "binary_data", default_binary, where))
@@ -300,7 +300,7 @@ def _parse_inputs(doc: dict[str, Any], tail: memoryview) -> dict[str, torch.Tens
     if not isinstance(specs, list) or not specs:
         got = "nothing" if specs is None else f"{_json_type(specs)} {specs!r}"[:200]
         raise InputError(
-            f'The request needs a non-empty "inputs" list, got {got}. Send '
+            f'the request needs a non-empty "inputs" list, got {got}. Send '
             '"inputs": [{"name": ..., "shape": [...], "datatype": "FP32", "data": [...]}].'
         )
     inputs: dict[str, torch.Tensor] = {}
@@ -312,7 +312,7 @@ def _parse_inputs(doc: dict[str, Any], tail: memoryview) -> dict[str, torch.Tens
         inputs[name] = tensor
     if offset != len(tail):
         raise InputError(
-            f"The body has {len(tail) - offset} bytes after the JSON header that no input claims: the "
+            f"the body has {len(tail) - offset} bytes after the JSON header that no input claims: the "
             f"inputs' binary_data_size values add up to {offset}, the binary part is {len(tail)} bytes. "
             "Make each binary_data_size match its tensor, and Inference-Header-Content-Length the JSON's length."
         )
@@ -326,7 +326,7 @@ def _parse_input(spec: object, index: int, tail: memoryview, offset: int) -> tup
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise InputError(f'inputs[{index}] needs a non-empty string "name", got {name!r}.')
-    where = f"Input {name!r}"
+    where = f"input {name!r}"
     shape = _shape(spec.get("shape"), where)
     oip = _datatype(spec.get("datatype"), where)
     parameters = _parameters(spec.get("parameters"), where)
@@ -491,16 +491,16 @@ def parse_raw_binary(body: bytes, name: str, oip: str, shape: list[int]) -> Infe
     dims = [1 if index == 0 and dim == -1 else dim for index, dim in enumerate(shape)]
     if any(dim < 0 for dim in dims):
         raise InputError(
-            f"Raw binary requests (Inference-Header-Content-Length: 0) need every input dimension fixed, "
+            f"raw binary requests (Inference-Header-Content-Length: 0) need every input dimension fixed, "
             f"but input {name!r} has shape {shape}. Send a JSON inference header that gives the shape."
         )
     expected = math.prod(dims) * _WIRE[oip].itemsize
     if len(body) != expected:
         raise InputError(
-            f"The raw binary request body is {len(body)} bytes, but input {name!r} ({oip}, shape {dims}, "
+            f"the raw binary request body is {len(body)} bytes, but input {name!r} ({oip}, shape {dims}, "
             f"batch 1) needs {expected}. Send exactly one {oip} tensor of shape {dims} as little-endian bytes."
         )
-    tensor = _tensor_from_bytes(memoryview(body), oip, dims, f"Input {name!r}")
+    tensor = _tensor_from_bytes(memoryview(body), oip, dims, f"input {name!r}")
     return InferRequest(id=None, inputs={name: tensor}, outputs=None, binary_data_output=True, parameters={})
 
 

@@ -101,9 +101,9 @@ class RequestMiddleware:
             await self._too_large(send, request_id, status)
 
     async def _too_large(self, send: Any, request_id: str, status: list[int]) -> None:
-        limit_mb = self.max_body_bytes / 1024 / 1024
         body = json_error_body(
-            f"the request body is larger than the server's limit of {limit_mb:g} MiB; send fewer rows per request "
+            f"the request body is larger than the server's limit of {_size(self.max_body_bytes)}; send fewer rows "
+            "per request "
             "or start the server with a larger --max-body-mb.",
             type="PayloadTooLarge",
         )
@@ -116,6 +116,13 @@ class RequestMiddleware:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.4g} {unit}"
+    return f"{count} bytes"
 
 
 def _request_id(scope: Scope) -> str:
