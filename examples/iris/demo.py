@@ -7,8 +7,10 @@ carries over: train and save, reload elsewhere and get the same accuracy, resume
 training from the checkpoint, pack the classifier into one archive and use it in a
 process where its class does not exist, keep the archive in a registry under the work
 directory (``registry/``, never the user's home) as ``iris@production`` and load it by that
-name, and (when the ``torchferry`` command is installed) look inside the checkpoint from
-the shell. Exits 1 as soon as a step fails.
+name, serve it over HTTP and query it (``torchferry predict``, plain JSON, a burst that
+batches, the metrics), shut the server down with SIGTERM, and (when the ``torchferry``
+command is installed) look inside the checkpoint from the shell. Exits 1 as soon as a
+step fails.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ PRODUCTION_LINE = re.compile(
     r"^load_model\('iris@production'\) is (?P<ref>iris:\d+): .* -> (?P<label>\w+) p=", re.MULTILINE
 )
 INDENT = "    "
-STEPS = 5
+STEPS = 6
 REGISTRY = "registry"
 """The demo's registry: a folder of the work directory, so the demo never writes to the user's home."""
 FROM_REGISTRY = """\
@@ -158,6 +160,17 @@ def step_registry(workdir: str) -> None:
     print(f"{INDENT}-> {archive} is {added['ref']} in {root}/; iris@production loads it and says setosa \u2713\n")
 
 
+def step_serve(workdir: str) -> None:
+    """Step 6: serve iris@production on 127.0.0.1, query it, read /metrics, stop it cleanly."""
+    print(f"6/{STEPS} serve iris@production over HTTP, query it, read the metrics, shut down with SIGTERM")
+    root = str(Path(workdir) / REGISTRY)
+    display = f"TORCHFERRY_HOME={root} python {shown(HERE / 'serve.py')}"
+    output = run([sys.executable, str(HERE / "serve.py")], display, {"TORCHFERRY_HOME": root})
+    if "drained and exited 0" not in output:
+        raise DemoError("the server did not report a clean shutdown")
+    print(f"{INDENT}-> answered over HTTP, batched a burst, and drained on SIGTERM \u2713\n")
+
+
 def run_cli(args: list[str]) -> str:
     """The ``torchferry`` command, run by this Python (so it works without the script on PATH)."""
     return run([sys.executable, "-m", "torchferry.cli.main", *args], " ".join(["torchferry", *args]))
@@ -188,13 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     use_safe_stdout()
     workdir = str(args.workdir)
     started = time.perf_counter()
-    print(f"torchferry demo: save, reload, resume, pack and register an Iris classifier (files in {workdir}/)\n")
+    print(f"torchferry demo: save, reload, resume, pack, register and serve an Iris classifier (files in {workdir}/)\n")
     try:
         trained = step_train(workdir, args.epochs)
         step_evaluate(workdir, trained)
         step_resume(workdir, args.epochs, args.more_epochs)
         step_pack(workdir)
         step_registry(workdir)
+        step_serve(workdir)
         step_inspect(workdir)
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
