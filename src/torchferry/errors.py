@@ -18,7 +18,8 @@ actual value; why, when it is not obvious; the exact call, flag or command that 
     ├── UnsupportedObjectError      save() met a value it cannot store safely (key path in .key_path)
     ├── DeviceError                 a tensor's device is unavailable or map_location is invalid
     ├── UsageError                  an argument is invalid (e.g. a rename that maps two keys to one)
-    │   └── InputError              predict() inputs do not match the model's signature
+    │   ├── InputError              predict() inputs do not match the model's signature
+    │   └── PayloadTooLargeError    a request body is over the server's limit, compressed or not (413)
     ├── StateDictMismatchError      load_into(strict=True) found missing/unexpected/mismatched keys
     ├── NotFoundError               a registry reference names no stored model, version or alias
     ├── OverloadedError             a model's request queue is full; retry after .retry_after_s (429)
@@ -53,6 +54,7 @@ __all__ = [
     "OverloadedError",
     "IntegrityError",
     "PackagingError",
+    "PayloadTooLargeError",
     "RegistryError",
     "StateDictMismatchError",
     "UntrustedCodeError",
@@ -161,6 +163,12 @@ class UsageError(FerryError):
 class InputError(UsageError):
     """Raised when inputs given to ``predict`` do not match the model's signature
     (missing or extra names, dtype, rank, fixed dimensions); the message shows expected vs got."""
+
+
+class PayloadTooLargeError(UsageError):
+    """Raised when a request body (after decompression) is over the server's ``--max-body-mb``."""
+
+    http_status = 413
 
 
 class StateDictMismatchError(FerryError):

@@ -188,16 +188,24 @@ class _Step:
     outputs: Callable[[dict[str, Any], Any], None]
 
 
+def _bind_nothing(env: dict[str, Any], result: Any) -> None:
+    return None
+
+
+def _list_binder(listed: list[Any]) -> Callable[[dict[str, Any], Any], None]:
+    def bind_list(env: dict[str, Any], result: Any) -> None:
+        for name, value in zip(listed, result):
+            env[name] = value
+
+    return bind_list
+
+
 def _binder(outputs: Sequence[Mapping[str, Any]]) -> Callable[[dict[str, Any], Any], None]:
-    names = [_output_name(out) for out in outputs]
     if len(outputs) == 1 and "as_tensors" in outputs[0]:
-        listed = [_output_name({"as_tensor": t}) for t in outputs[0]["as_tensors"]]
-
-        def bind_list(env: dict[str, Any], result: Any) -> None:
-            for name, value in zip(listed, result):
-                env[name] = value
-
-        return bind_list
+        return _list_binder([_output_name({"as_tensor": t}) for t in outputs[0]["as_tensors"]])
+    names = [_output_name(out) for out in outputs]
+    if all(name is None for name in names):  # e.g. aten._assert_tensor_metadata: checks, returns None
+        return _bind_nothing
     if len(names) == 1:
         name = names[0]
 

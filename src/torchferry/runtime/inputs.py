@@ -12,7 +12,7 @@ from torchferry.archive.manifest import Signature, TensorSpec
 from torchferry.archive.signature import DTYPE_BY_NAME
 from torchferry.errors import InputError
 
-__all__ = ["as_named", "check_tensor", "to_tensor"]
+__all__ = ["as_named", "check_same_batch", "check_tensor", "to_tensor"]
 
 
 def as_named(signature: Signature, inputs: Any) -> dict[str, Any]:
@@ -78,3 +78,16 @@ def check_tensor(spec: TensorSpec, tensor: torch.Tensor, *, batched: bool = True
     if len(got) != len(expected) or any(e >= 0 and e != g for e, g in zip(expected, got)):
         want = ",".join("?" if d < 0 else str(d) for d in expected)
         raise InputError(f"input {spec.name!r}: expected shape [{want}], got {got}.")
+
+
+def check_same_batch(signature: Signature, tensors: Sequence[torch.Tensor]) -> None:
+    """Inputs with a batch dimension must agree on it: [2, 5] with [3, 1] is no batch of anything,
+    and [2, 5] with [1, 1] would silently broadcast one row's value over the others."""
+    sizes = {
+        spec.name: int(tensor.shape[0])
+        for spec, tensor in zip(signature.inputs, tensors)
+        if spec.shape and spec.shape[0] == -1 and tensor.dim()
+    }
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{name}: {size}" for name, size in sizes.items())
+        raise InputError(f"inputs disagree on the batch size (first dimension): {shown}; send the same number of rows.")

@@ -9,7 +9,7 @@ import torch
 
 from torchferry.archive.manifest import Manifest, Signature
 from torchferry.errors import InputError
-from torchferry.runtime.inputs import as_named, check_tensor, to_tensor
+from torchferry.runtime.inputs import as_named, check_same_batch, check_tensor, to_tensor
 from torchferry.runtime.processing import apply_classify, apply_image, is_image_value
 
 __all__ = ["Packaged"]
@@ -95,6 +95,7 @@ class Packaged:
                 raise InputError("give every input with a batch dimension, or none of them.")
             check_tensor(spec, tensor, batched=not unbatched)
             tensors.append(tensor.unsqueeze(0) if unbatched else tensor)
+        check_same_batch(self.signature, tensors)
         return tensors, bool(single)
 
     def predict(self, inputs: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,8 +34,9 @@ from torchferry.serving.simple import kserve_router, simple_router
 
 log = logging.getLogger("torchferry.serving")
 
-__all__ = ["CONFIG_ENV", "create_app", "create_app_from_env", "preload"]
+__all__ = ["CONFIG_ENV", "configure_logging", "create_app", "create_app_from_env", "preload"]
 
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONFIG_ENV = "TORCHFERRY_SERVE_CONFIG"
 """How worker processes started by uvicorn receive the configuration (JSON)."""
 
@@ -115,9 +117,16 @@ def preload(app: FastAPI) -> None:
     app.state.preloaded = True
 
 
+def configure_logging(level: str) -> None:
+    """One stderr handler for torchferry and uvicorn, at ``level`` (access lines are INFO)."""
+    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr, force=True)
+
+
 def create_app_from_env() -> FastAPI:
     """The app factory uvicorn calls in each worker process (``--workers N``)."""
     raw = os.environ.get(CONFIG_ENV)
     if not raw:
         raise RuntimeError(f"{CONFIG_ENV} is not set; start workers with `torchferry serve`.")
-    return create_app(ServerConfig.from_dict(orjson.loads(raw)))
+    config = ServerConfig.from_dict(orjson.loads(raw))
+    configure_logging(config.log_level)  # a spawned worker starts with no logging set up
+    return create_app(config)

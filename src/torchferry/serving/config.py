@@ -138,8 +138,8 @@ def merge_options(where: str, table: Mapping[str, Any], base: ModelOptions) -> M
     _check_keys(where, table, _OPTION_KEYS)
     try:
         return dataclasses.replace(base, **table)
-    except TypeError as exc:
-        raise UsageError(f"{where}: {exc}.") from None
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -201,5 +201,5 @@ def load_config(
     server_table.update({k: v for k, v in (server or {}).items() if v is not None})
     try:
         return ServerConfig(models=tuple(specs), defaults=merge_options("flags", flags, defaults), **server_table)
-    except TypeError as exc:
-        raise UsageError(f"{where}: [server]: {exc}.") from None
+    except UsageError as exc:
+        raise UsageError(f"{where}: [server]: {exc}") from None

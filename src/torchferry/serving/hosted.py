@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from torchferry.archive.manifest import Manifest, Signature
-from torchferry.errors import DeadlineExceededError, FerryError, InputError
-from torchferry.runtime.inputs import check_tensor, to_tensor
+from torchferry.errors import DeadlineExceededError, FerryError, InputError, NotReadyError
+from torchferry.runtime.inputs import check_same_batch, check_tensor, to_tensor
 from torchferry.runtime.packaged import Packaged
 from torchferry.serving.batcher import Batcher, BatchResult
 from torchferry.serving.config import ModelOptions
@@ -60,6 +61,8 @@ class HostedModel:
         self.source = source
         self.load_seconds = load_seconds
         self.stats = Stats()
+        self.replaced_by: HostedModel | None = None
+        """Set when a reload of the same version takes over; late requests follow it."""
         self._metrics = metrics
         self.batcher = Batcher(
             packaged.run,
@@ -98,6 +101,7 @@ class HostedModel:
             tensor = to_tensor(spec, named[spec.name])
             check_tensor(spec, tensor)
             tensors.append(tensor)
+        check_same_batch(self.signature, tensors)
         return tensors
 
     async def infer(self, tensors: Sequence[torch.Tensor], *, deadline: float | None) -> BatchResult:
@@ -105,20 +109,39 @@ class HostedModel:
         start = time.monotonic()
         timeout = None if deadline is None else deadline - start
         try:
-            if timeout is not None and timeout <= 0:
-                raise DeadlineExceededError(self._late(start, deadline))
-            future = self.batcher.submit_nowait(tensors, timeout_s=timeout)
-            self._metrics.queue_depth.labels(self.name, self.version).set(self.batcher.depth)
-            try:
-                result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-            except asyncio.TimeoutError:
-                future.cancel()  # still queued: it will not run; running: its answer is dropped
-                raise DeadlineExceededError(self._late(start, deadline)) from None
+            future = self._submit(tensors, start, deadline, timeout)
+        except NotReadyError:
+            if self.replaced_by is None:
+                self._record_failure(start)
+                raise
+            # routed here just before a reload of this version took over: the new one answers
+            return await self.replaced_by.infer(tensors, deadline=deadline)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            future.cancel()  # still queued: it will not run; running: its answer is dropped
+            self._record_failure(start)
+            raise DeadlineExceededError(self._late(start, deadline)) from None
         except FerryError:
             self._record_failure(start)
             raise
         self._record_success(start, result, int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1)
         return result
+
+    def _submit(
+        self, tensors: Sequence[torch.Tensor], start: float, deadline: float | None, timeout: float | None
+    ) -> concurrent.futures.Future[BatchResult]:
+        try:
+            if timeout is not None and timeout <= 0:
+                raise DeadlineExceededError(self._late(start, deadline))
+            future = self.batcher.submit_nowait(tensors, timeout_s=timeout)
+        except NotReadyError:
+            raise
+        except FerryError:
+            self._record_failure(start)
+            raise
+        self._metrics.queue_depth.labels(self.name, self.version).set(self.batcher.depth)
+        return future
 
     def _late(self, start: float, deadline: float | None) -> str:
         budget = self.options.timeout_ms if deadline is None else 1000 * (deadline - start)
@@ -149,5 +172,6 @@ class HostedModel:
     def close(self, *, timeout_s: float = 30.0) -> None:
         """Answer what is queued, then stop the model's worker thread."""
         self.batcher.close(timeout_s=timeout_s)
-        self._metrics.models_loaded.labels(self.name, self.version).set(0)
-        self._metrics.queue_depth.labels(self.name, self.version).set(0)
+        if self.replaced_by is None:  # a reload of this version owns the gauges now
+            self._metrics.models_loaded.labels(self.name, self.version).set(0)
+            self._metrics.queue_depth.labels(self.name, self.version).set(0)

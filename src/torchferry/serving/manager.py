@@ -107,6 +107,7 @@ class ModelManager:
             self._default[name] = version
         log.info("loaded %s:%s from %s in %.2f s", name, version, spec.source, hosted.load_seconds)
         if old is not None:  # hot swap of the same version: the old one finishes what it has queued
+            old.replaced_by = hosted
             threading.Thread(target=old.close, name=f"torchferry-drain-{name}", daemon=True).start()
         return hosted
 

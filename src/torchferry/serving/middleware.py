@@ -105,7 +105,7 @@ class RequestMiddleware:
             f"the request body is larger than the server's limit of {_size(self.max_body_bytes)}; send fewer rows "
             "per request "
             "or start the server with a larger --max-body-mb.",
-            type="PayloadTooLarge",
+            type="PayloadTooLargeError",
         )
         status[0] = 413
         headers = [

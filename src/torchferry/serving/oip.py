@@ -26,6 +26,7 @@ from torchferry.serving.responses import (
     json_response,
     mark,
     note_batch,
+    read_body,
     timing_headers,
     timing_parameters,
 )
@@ -127,9 +128,9 @@ def oip_router(*, statistics: bool) -> APIRouter:
         extensions.append("statistics")
 
     _add_health_routes(router, extensions)
-    _add_model_routes(router)
-    if statistics:
+    if statistics:  # before /models/{name}, which would take "stats" for a model name
         _add_stats_routes(router)
+    _add_model_routes(router)
     return router
 
 
@@ -188,6 +189,7 @@ def _add_stats_routes(router: APIRouter) -> None:
     @router.get("/models/{name}/versions/{version}/stats", summary="Model version statistics")
     async def stats(request: Request, name: str, version: str | None = None) -> Response:
         manager = _manager(request)
+        manager.get(name, version)  # 404 for an unknown model or version
         hosted = [manager.get(name, version)] if version else [manager.get(name, v) for v in manager.versions(name)]
         return json_response({"model_stats": [model_stats(h) for h in hosted]})
 
@@ -241,7 +243,7 @@ def _requested(hosted: HostedModel, parsed: codec.InferRequest) -> list[tuple[in
 
 async def _infer(request: Request, hosted: HostedModel) -> Response:
     started = time.perf_counter_ns()
-    body = await request.body()
+    body = await read_body(request)
     parsed = _parse(hosted, body, _header_length(request))
     tensors = hosted.check_inputs(parsed.inputs)
     wanted = _requested(hosted, parsed)

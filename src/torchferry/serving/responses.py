@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from torchferry.errors import FerryError, ModelFailedError, OverloadedError
+from torchferry.errors import FerryError, InputError, ModelFailedError, OverloadedError, PayloadTooLargeError
 from torchferry.serving.batcher import BatchResult
 from torchferry.serving.hosted import HostedModel
 from torchferry.serving.middleware import json_error_body
@@ -35,6 +36,32 @@ __all__ = [
 ]
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_WBITS = {"gzip": 31, "deflate": 15, "x-gzip": 31}
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, decompressed when it says ``Content-Encoding: gzip`` or ``deflate``
+    (tritonclient's ``request_compression_algorithm``), never past the body limit."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in _WBITS:
+        raise InputError(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or an uncompressed body.")
+    limit: int = request.app.state.config.max_body_bytes
+    inflater = zlib.decompressobj(wbits=_WBITS[encoding])
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputError(f"the body is not valid {encoding} data ({exc}).") from None
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"the request body decompresses to more than the server's limit of {limit} bytes; send fewer rows "
+            "per request or start the server with a larger --max-body-mb."
+        )
+    if not inflater.eof:
+        raise InputError(f"the {encoding} body is truncated.")
+    return data
 
 
 def json_response(content: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -114,6 +141,7 @@ async def ferry_error_handler(request: Request, exc: Exception) -> Response:
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101
     message = exc.detail
+    kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
     if exc.status_code == 404:
         message = (
             f"no endpoint {request.method} {request.url.path}; see /docs for the endpoints "
@@ -121,7 +149,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
         )
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}; see /docs."
-    return error_response(exc.status_code, str(message), headers=dict(exc.headers or {}))
+    return error_response(exc.status_code, str(message), headers=dict(exc.headers or {}), type=kind)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import orjson
 import uvicorn
 
 from torchferry.errors import FerryError
-from torchferry.serving.app import CONFIG_ENV, create_app, preload
+from torchferry.serving.app import CONFIG_ENV, configure_logging, create_app, preload
 from torchferry.serving.config import ServerConfig
 
 log = logging.getLogger("torchferry.serving")
@@ -32,7 +31,7 @@ log = logging.getLogger("torchferry.serving")
 __all__ = ["run_server"]
 
 _GRACE_S = 30
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_WORKER_START_S = 60
 
 
 class _DrainingServer(uvicorn.Server):
@@ -45,11 +44,6 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
         super().handle_exit(sig, frame)
-
-
-def configure_logging(level: str) -> None:
-    """One stderr handler for torchferry and uvicorn, at ``level`` (access lines are INFO)."""
-    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr, force=True)
 
 
 @contextlib.contextmanager
@@ -113,6 +107,7 @@ def _run_workers(config: ServerConfig) -> None:
                 "torchferry.serving.app:create_app_from_env",
                 factory=True,
                 workers=config.workers,
+                timeout_worker_healthcheck=_WORKER_START_S,  # importing torch on a busy machine takes a while
                 **_uvicorn_options(config),
             )
     finally:

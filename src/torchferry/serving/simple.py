@@ -22,7 +22,15 @@ from torchferry.errors import InputError
 from torchferry.serving.batcher import BatchResult
 from torchferry.serving.hosted import HostedModel
 from torchferry.serving.manager import ModelManager
-from torchferry.serving.responses import deadline_for, json_response, mark, note_batch, timing_headers, to_jsonable
+from torchferry.serving.responses import (
+    deadline_for,
+    json_response,
+    mark,
+    note_batch,
+    read_body,
+    timing_headers,
+    to_jsonable,
+)
 
 __all__ = ["kserve_router", "simple_router"]
 
@@ -85,7 +93,7 @@ async def _body_inputs(request: Request, hosted: HostedModel) -> tuple[Any, bool
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _form_inputs(request, hosted), True
-    body = await request.body()
+    body = await read_body(request)
     if content_type.startswith(_IMAGE_TYPES):
         return body, True
     payload = _loads(body)
@@ -157,7 +165,7 @@ def kserve_router() -> APIRouter:
     async def predict_v1(request: Request, name: str) -> Response:
         hosted = _manager(request).for_inference(name)
         mark(request, hosted, "v1")
-        inputs = _instances(_loads(await request.body()), hosted)
+        inputs = _instances(_loads(await read_body(request)), hosted)
         outputs, result = await predict(request, hosted, inputs, decode_in_thread=False)
         return json_response({"predictions": _predictions(outputs)}, headers=timing_headers(result))
 

@@ -270,3 +270,27 @@ def test_output_comparison_sees_imaginary_parts() -> None:
     assert not all_close(a, b, rtol=1e-4, atol=1e-5)
     assert max_errors(a, b)[0] == 5.0
     assert all_close(a, a.clone(), rtol=0, atol=0)
+
+
+class Casts(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.double() * 2 + x.to(torch.float64)
+
+
+def test_dtype_casts_export_and_run(tmp_path: Path) -> None:
+    """``.double()``/``.to(dtype)`` put ``aten._assert_tensor_metadata`` (no outputs) in the graph."""
+    path = tmp_path / "casts.ferry"
+    manifest = ferry.pack(Casts(), path, example_inputs=(torch.randn(2, 3),), mode="export")
+    assert manifest.kind == "export"
+    x = torch.randn(5, 3)
+    out = ferry.load_model(path)(x)
+    assert out.dtype == torch.float64 and torch.equal(out, Casts()(x))
+
+
+def test_predict_refuses_inputs_that_disagree_on_the_batch(two_inputs: tuple[Path, nn.Module]) -> None:
+    path, _ = two_inputs
+    model = ferry.load_model(path)
+    with pytest.raises(InputError, match=r"disagree on the batch size .*features: 2, extra: 3"):
+        model.predict({"features": np.zeros((2, 4), np.float32), "extra": np.zeros((3, 2), np.float32)})
+    with pytest.raises(InputError, match="disagree on the batch size"):  # no silent broadcast of one row
+        model.predict({"features": np.zeros((2, 4), np.float32), "extra": np.zeros((1, 2), np.float32)})
