@@ -23,6 +23,7 @@ from starlette.responses import Response
 from torchferry._version import __version__
 from torchferry.errors import FerryError
 from torchferry.serving.config import ServerConfig
+from torchferry.serving.fastpath import FastPath
 from torchferry.serving.management import management_router
 from torchferry.serving.manager import ModelManager
 from torchferry.serving.metrics import CONTENT_TYPE, ServingMetrics
@@ -85,6 +86,7 @@ def create_app(config: ServerConfig, *, api_token: str | None = None) -> FastAPI
             metrics.requests.labels(*labels, str(status)).inc()
             metrics.request_seconds.labels(*labels).observe(seconds)
 
+    app.add_middleware(FastPath, manager=manager, max_body_bytes=config.max_body_bytes)  # inside RequestMiddleware
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=config.max_body_bytes,

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from torchferry.errors import PayloadTooLargeError
+
 access_log = logging.getLogger("torchferry.access")
 
 __all__ = ["RequestMiddleware", "json_error_body"]
@@ -22,10 +24,6 @@ __all__ = ["RequestMiddleware", "json_error_body"]
 Scope = dict[str, Any]
 Message = dict[str, Any]
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class _BodyTooLargeError(Exception):
-    pass
 
 
 def json_error_body(message: str, **extra: Any) -> bytes:
@@ -81,7 +79,7 @@ class RequestMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLargeError
+                    raise PayloadTooLargeError(self._too_large_message())
             return message
 
         async def timed_send(message: Message) -> None:
@@ -95,16 +93,20 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, limited_receive, timed_send)
-        except _BodyTooLargeError:
+        except PayloadTooLargeError:  # raised by our receive where nothing answered it
             if status[0]:
                 raise
             await self._too_large(send, request_id, status)
 
+    def _too_large_message(self) -> str:
+        return (
+            f"the request body is larger than the server's limit of {_size(self.max_body_bytes)}; send fewer rows "
+            "per request or start the server with a larger --max-body-mb."
+        )
+
     async def _too_large(self, send: Any, request_id: str, status: list[int]) -> None:
         body = json_error_body(
-            f"the request body is larger than the server's limit of {_size(self.max_body_bytes)}; send fewer rows "
-            "per request "
-            "or start the server with a larger --max-body-mb.",
+            self._too_large_message(),
             type="PayloadTooLargeError",
         )
         status[0] = 413

@@ -10,6 +10,7 @@ they would not be faithful). Details and traps: ``docs/serving.md``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -25,7 +26,6 @@ from torchferry.serving.responses import (
     deadline_for,
     json_response,
     mark,
-    note_batch,
     read_body,
     timing_headers,
     timing_parameters,
@@ -194,8 +194,8 @@ def _add_stats_routes(router: APIRouter) -> None:
         return json_response({"model_stats": [model_stats(h) for h in hosted]})
 
 
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get("inference-header-content-length")
+def _header_length(headers: Mapping[str, str]) -> int | None:
+    raw = headers.get("inference-header-content-length")
     if raw is None:
         return None
     try:
@@ -241,15 +241,17 @@ def _requested(hosted: HostedModel, parsed: codec.InferRequest) -> list[tuple[in
     return wanted
 
 
-async def _infer(request: Request, hosted: HostedModel) -> Response:
+async def infer_call(
+    hosted: HostedModel, body: bytes, headers: Mapping[str, str], state: dict[str, Any]
+) -> tuple[bytes, dict[str, str], str]:
+    """One OIP inference, independent of the web framework: (body, headers, media type) of the answer."""
     started = time.perf_counter_ns()
-    body = await read_body(request)
-    parsed = _parse(hosted, body, _header_length(request))
+    parsed = _parse(hosted, body, _header_length(headers))
     tensors = hosted.check_inputs(parsed.inputs)
     wanted = _requested(hosted, parsed)
     hosted.stats.input_ns += time.perf_counter_ns() - started
     result = await hosted.infer(tensors, deadline=deadline_for(hosted, timeout_us=parsed.parameters.get("timeout")))
-    note_batch(request, result)
+    state["batch"] = result.batch_size
     encode_start = time.perf_counter_ns()
     content, header_length = codec.encode_infer_response(
         model_name=hosted.name,
@@ -258,10 +260,16 @@ async def _infer(request: Request, hosted: HostedModel) -> Response:
         outputs=[(name, result.outputs[i], binary) for i, name, binary in wanted],
         parameters=timing_parameters(result),
     )
-    headers = timing_headers(result)
+    response_headers = timing_headers(result)
     media_type = "application/json"
     if header_length is not None:
-        headers["inference-header-content-length"] = str(header_length)
+        response_headers["inference-header-content-length"] = str(header_length)
         media_type = "application/octet-stream"
     hosted.stats.output_ns += time.perf_counter_ns() - encode_start
+    return content, response_headers, media_type
+
+
+async def _infer(request: Request, hosted: HostedModel) -> Response:
+    body = await read_body(request)
+    content, headers, media_type = await infer_call(hosted, body, request.headers, request.scope["state"])
     return Response(content, 200, headers, media_type=media_type)

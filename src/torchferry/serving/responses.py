@@ -42,13 +42,16 @@ _WBITS = {"gzip": 31, "deflate": 15, "x-gzip": 31}
 async def read_body(request: Request) -> bytes:
     """The request body, decompressed when it says ``Content-Encoding: gzip`` or ``deflate``
     (tritonclient's ``request_compression_algorithm``), never past the body limit."""
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
+    limit: int = request.app.state.config.max_body_bytes
+    return decode_body(await request.body(), request.headers.get("content-encoding"), limit)
+
+
+def decode_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
         return body
     if encoding not in _WBITS:
         raise InputError(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or an uncompressed body.")
-    limit: int = request.app.state.config.max_body_bytes
     inflater = zlib.decompressobj(wbits=_WBITS[encoding])
     try:
         data = inflater.decompress(body, limit + 1)
@@ -104,13 +107,12 @@ def timing_parameters(result: BatchResult) -> dict[str, str | int | float | bool
 
 def mark(request: Request, hosted: HostedModel, protocol: str) -> None:
     """Note on the request which model and protocol served it (access log, metrics)."""
-    state = request.scope.setdefault("state", {})
+    mark_state(request.scope.setdefault("state", {}), hosted, protocol)
+
+
+def mark_state(state: dict[str, Any], hosted: HostedModel, protocol: str) -> None:
     state["model"] = f"{hosted.name}:{hosted.version}"
     state["labels"] = (hosted.name, hosted.version, protocol)
-
-
-def note_batch(request: Request, result: BatchResult) -> None:
-    request.scope["state"]["batch"] = result.batch_size
 
 
 def deadline_for(hosted: HostedModel, *, timeout_us: Any = None) -> float | None:
@@ -127,15 +129,29 @@ def error_response(status: int, message: str, *, headers: dict[str, str] | None 
     return Response(json_error_body(message, **extra), status, headers, media_type="application/json")
 
 
-async def ferry_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, FerryError)  # noqa: S101 - registered for FerryError only
+def error_parts(exc: FerryError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers of the answer to ``exc``, the same on every route."""
     extra: dict[str, Any] = {"type": type(exc).__name__}
     headers = {}
     if isinstance(exc, ModelFailedError):
         extra["error_id"] = exc.error_id
     if isinstance(exc, OverloadedError):
         headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
-    return error_response(exc.http_status, exc.message, headers=headers, **extra)
+    return exc.http_status, json_error_body(exc.message, **extra), headers
+
+
+def unexpected_error_parts(method: str, path: str, exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
+    """A bug of ours: 500 with an error id that is also in the log with the traceback."""
+    error_id = os.urandom(6).hex()
+    log.error("unexpected error on %s %s (error id %s)", method, path, error_id, exc_info=exc)
+    message = f"internal error (error id {error_id}; the server log has the traceback). Please report it."
+    return 500, json_error_body(message, type="InternalError", error_id=error_id), {}
+
+
+async def ferry_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FerryError)  # noqa: S101 - registered for FerryError only
+    status, body, headers = error_parts(exc)
+    return Response(body, status, headers, media_type="application/json")
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -153,11 +169,5 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    error_id = os.urandom(6).hex()
-    log.error("unexpected error on %s %s (error id %s)", request.method, request.url.path, error_id, exc_info=exc)
-    return error_response(
-        500,
-        f"internal error (error id {error_id}; the server log has the traceback). Please report it.",
-        type="InternalError",
-        error_id=error_id,
-    )
+    status, body, headers = unexpected_error_parts(request.method, request.url.path, exc)
+    return Response(body, status, headers, media_type="application/json")

@@ -26,7 +26,6 @@ from torchferry.serving.responses import (
     deadline_for,
     json_response,
     mark,
-    note_batch,
     read_body,
     timing_headers,
     to_jsonable,
@@ -52,7 +51,7 @@ def _loads(body: bytes) -> Any:
 
 
 async def predict(
-    request: Request, hosted: HostedModel, inputs: Any, *, decode_in_thread: bool
+    hosted: HostedModel, inputs: Any, state: dict[str, Any], *, decode_in_thread: bool
 ) -> tuple[dict[str, Any], BatchResult]:
     """Check and convert ``inputs`` like ``Packaged.predict``, run them through the batcher, finish."""
     packaged = hosted.packaged
@@ -61,8 +60,34 @@ async def predict(
     else:
         tensors, single = packaged.prepare(inputs)
     result = await hosted.infer(tensors, deadline=deadline_for(hosted))
-    note_batch(request, result)
+    state["batch"] = result.batch_size
     return packaged.finish(result.outputs, single), result
+
+
+def body_inputs(content_type: str, body: bytes) -> tuple[Any, bool]:
+    """``/predict`` inputs from a non-multipart body, and whether it is an upload (an image)."""
+    if content_type.startswith(_IMAGE_TYPES):
+        return body, True
+    payload = _loads(body)
+    if isinstance(payload, dict) and "inputs" in payload:
+        return payload["inputs"], False
+    return payload, False
+
+
+async def predict_call(
+    hosted: HostedModel, inputs: Any, is_upload: bool, state: dict[str, Any]
+) -> tuple[bytes, dict[str, str]]:
+    """One ``/predict`` answer, independent of the web framework: (JSON body, headers)."""
+    outputs, result = await predict(hosted, inputs, state, decode_in_thread=is_upload)
+    content: dict[str, Any] = {"model": hosted.name, "version": hosted.version, "outputs": to_jsonable(outputs)}
+    labels = _argmax_labels(hosted, outputs)
+    if labels:
+        content["labels"] = labels
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), timing_headers(result)
+
+
+def content_type_of(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "application/json").split(";")[0].strip().lower()
 
 
 def _argmax_labels(hosted: HostedModel, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,16 +115,10 @@ async def _form_inputs(request: Request, hosted: HostedModel) -> Any:
 
 
 async def _body_inputs(request: Request, hosted: HostedModel) -> tuple[Any, bool]:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    content_type = content_type_of(request.headers)
     if content_type == "multipart/form-data":
         return await _form_inputs(request, hosted), True
-    body = await read_body(request)
-    if content_type.startswith(_IMAGE_TYPES):
-        return body, True
-    payload = _loads(body)
-    if isinstance(payload, dict) and "inputs" in payload:
-        return payload["inputs"], False
-    return payload, False
+    return body_inputs(content_type, await read_body(request))
 
 
 def simple_router() -> APIRouter:
@@ -111,12 +130,8 @@ def simple_router() -> APIRouter:
         hosted = _manager(request).for_inference(name, version)
         mark(request, hosted, "simple")
         inputs, is_upload = await _body_inputs(request, hosted)
-        outputs, result = await predict(request, hosted, inputs, decode_in_thread=is_upload)
-        content: dict[str, Any] = {"model": hosted.name, "version": hosted.version, "outputs": to_jsonable(outputs)}
-        labels = _argmax_labels(hosted, outputs)
-        if labels:
-            content["labels"] = labels
-        return json_response(content, headers=timing_headers(result))
+        content, headers = await predict_call(hosted, inputs, is_upload, request.scope["state"])
+        return Response(content, 200, headers, media_type="application/json")
 
     return router
 
@@ -166,7 +181,7 @@ def kserve_router() -> APIRouter:
         hosted = _manager(request).for_inference(name)
         mark(request, hosted, "v1")
         inputs = _instances(_loads(await read_body(request)), hosted)
-        outputs, result = await predict(request, hosted, inputs, decode_in_thread=False)
+        outputs, result = await predict(hosted, inputs, request.scope["state"], decode_in_thread=False)
         return json_response({"predictions": _predictions(outputs)}, headers=timing_headers(result))
 
     return router
