@@ -28,8 +28,13 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
+	@# libb64 is only for the optional perf_analyzer step of serving.py; without it that step says why it was skipped
+	ldconfig -p | grep -q libb64.so.0d || apt-get install -y libb64-0d || sudo apt-get install -y libb64-0d || true
 	$(BIN)/python benchmarks/persistence.py --out docs
 	$(BIN)/python benchmarks/archive.py --out docs
+	$(BIN)/python benchmarks/serving.py --out docs
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
