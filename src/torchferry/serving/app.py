@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -56,6 +57,8 @@ def create_app(config: ServerConfig, *, api_token: str | None = None) -> FastAPI
                     log.error("cannot serve %s: %s", spec.source, exc)
                     raise
         log.info("serving %s", manager.describe())
+        gc.collect()
+        gc.freeze()  # the models' objects never die: keep full collections from walking them on every pass
         yield
         manager.draining = True
         await asyncio.to_thread(manager.close)
@@ -80,11 +83,18 @@ def create_app(config: ServerConfig, *, api_token: str | None = None) -> FastAPI
     _add_metrics_route(app, metrics)
     app.openapi = lambda: model_openapi(app, manager)  # type: ignore[method-assign]
 
+    children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
     def on_complete(state: dict[str, Any], status: int, seconds: float) -> None:
         labels = state.get("labels")
-        if labels is not None:
-            metrics.requests.labels(*labels, str(status)).inc()
-            metrics.request_seconds.labels(*labels).observe(seconds)
+        if labels is None:
+            return
+        key = (*labels, str(status))
+        pair = children.get(key)
+        if pair is None:  # labels() is a locked dict lookup; do it once per (model, protocol, status)
+            pair = children[key] = (metrics.requests.labels(*key), metrics.request_seconds.labels(*labels))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     app.add_middleware(FastPath, manager=manager, max_body_bytes=config.max_body_bytes)  # inside RequestMiddleware
     app.add_middleware(

@@ -60,11 +60,15 @@ class ModelOptions:
     """Threads of the model's worker thread (``None``: torch's default)."""
     trust_code: bool = False
     device: str | None = None
+    inline_below_ms: float = 0.2
+    """A one-row request to an idle model whose forward takes less than this runs on the event loop
+    itself, saving two thread hand-offs (0 turns it off)."""
 
     def __post_init__(self) -> None:
         _at_least("max_batch_size", self.max_batch_size, 1)
         _at_least("queue_size", self.queue_size, 1)
         _at_least("max_delay_ms", self.max_delay_ms, 0)
+        _at_least("inline_below_ms", self.inline_below_ms, 0)
         if self.timeout_ms is not None:
             _at_least("timeout_ms", self.timeout_ms, 1)
         if self.torch_threads is not None:

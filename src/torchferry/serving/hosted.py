@@ -64,6 +64,11 @@ class HostedModel:
         self.replaced_by: HostedModel | None = None
         """Set when a reload of the same version takes over; late requests follow it."""
         self._metrics = metrics
+        # children looked up once: labels() per request costs more than the observation
+        self._queue_seconds = metrics.queue_seconds.labels(name, version)
+        self._inference_seconds = metrics.inference_seconds.labels(name, version)
+        self._batch_size = metrics.batch_size.labels(name, version)
+        self._queue_depth = metrics.queue_depth.labels(name, version)
         self.batcher = Batcher(
             packaged.run,
             name=f"{name}:{version}",
@@ -72,7 +77,8 @@ class HostedModel:
             queue_size=options.queue_size,
             batchable=self.batchable,
             torch_threads=options.torch_threads,
-            on_batch=lambda rows, seconds: metrics.observe_batch(name, version, rows, seconds),
+            on_batch=self._observe_batch,
+            inline_below_ms=options.inline_below_ms,
         )
         metrics.load_seconds.labels(name, version).set(load_seconds)
         metrics.models_loaded.labels(name, version).set(1)
@@ -107,6 +113,14 @@ class HostedModel:
     async def infer(self, tensors: Sequence[torch.Tensor], *, deadline: float | None) -> BatchResult:
         """Run one request through the batcher; ``deadline`` is a ``time.monotonic()`` instant."""
         start = time.monotonic()
+        try:
+            inline = self.batcher.run_inline(tensors) if not self.batcher.depth else None
+        except FerryError:
+            self._record_failure(start)
+            raise
+        if inline is not None:
+            self._record_success(start, inline, 1)
+            return inline
         timeout = None if deadline is None else deadline - start
         try:
             future = self._submit(tensors, start, deadline, timeout)
@@ -140,8 +154,11 @@ class HostedModel:
         except FerryError:
             self._record_failure(start)
             raise
-        self._metrics.queue_depth.labels(self.name, self.version).set(self.batcher.depth)
+        self._queue_depth.set(self.batcher.depth)
         return future
+
+    def _observe_batch(self, rows: int, seconds: float) -> None:
+        self._batch_size.observe(rows)
 
     def _late(self, start: float, deadline: float | None) -> str:
         budget = self.options.timeout_ms if deadline is None else 1000 * (deadline - start)
@@ -159,19 +176,18 @@ class HostedModel:
         stats.infer_ns += int(result.infer_ms * 1e6)
         stats.inference_count += rows
         stats.last_inference_ms = int(time.time() * 1000)
-        labels = (self.name, self.version)
-        self._metrics.queue_seconds.labels(*labels).observe(result.queue_ms / 1000)
-        self._metrics.inference_seconds.labels(*labels).observe(result.infer_ms / 1000)
-        self._metrics.queue_depth.labels(*labels).set(self.batcher.depth)
+        self._queue_seconds.observe(result.queue_ms / 1000)
+        self._inference_seconds.observe(result.infer_ms / 1000)
+        self._queue_depth.set(self.batcher.depth)
 
     def _record_failure(self, start: float) -> None:
         self.stats.fail_count += 1
         self.stats.fail_ns += int((time.monotonic() - start) * 1e9)
-        self._metrics.queue_depth.labels(self.name, self.version).set(self.batcher.depth)
+        self._queue_depth.set(self.batcher.depth)
 
     def close(self, *, timeout_s: float = 30.0) -> None:
         """Answer what is queued, then stop the model's worker thread."""
         self.batcher.close(timeout_s=timeout_s)
         if self.replaced_by is None:  # a reload of this version owns the gauges now
             self._metrics.models_loaded.labels(self.name, self.version).set(0)
-            self._metrics.queue_depth.labels(self.name, self.version).set(0)
+            self._queue_depth.set(0)

@@ -85,9 +85,6 @@ class ServingMetrics:
             multiprocess_mode="max",
         )
 
-    def observe_batch(self, model: str, version: str, rows: int, seconds: float) -> None:
-        self.batch_size.labels(model, version).observe(rows)
-
     def render(self) -> bytes:
         """The Prometheus text exposition of every sample (of every worker in multiprocess mode)."""
         if self._registry is not None:

@@ -166,3 +166,47 @@ def test_close_drains_queued_requests() -> None:
     assert all(f.done() and f.exception() is None for f in futures)
     with pytest.raises(NotReadyError, match="shutting down"):
         batcher.submit_nowait([torch.randn(1, 4)])
+
+
+def test_a_fast_idle_model_runs_one_row_inline_and_never_beside_the_worker() -> None:
+    model = Slow()
+    batcher = Batcher(model, max_batch_size=8, inline_below_ms=1000)
+    x = torch.randn(1, 4)
+    assert batcher.run_inline([x]) is None  # no measurement yet: the worker runs the first one
+    batcher.submit_nowait([x]).result(5)
+    assert batcher.forward_ema_s is not None
+    caller = threading.get_ident()
+    seen: list[int] = []
+    model_call = model.__call__
+
+    def record(inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        seen.append(threading.get_ident())
+        return model_call(inputs)
+
+    batcher._run_batch = record
+    result = batcher.run_inline([x])
+    assert result is not None and result.queue_ms == 0 and result.batch_size == 1 and seen == [caller]
+    torch.testing.assert_close(result.outputs[0], model.model(x).detach())
+    assert batcher.run_inline([torch.randn(2, 4)]) is None  # only single rows
+    model.gate.clear()  # the worker is busy: inline must not run the model beside it
+    busy = batcher.submit_nowait([x])
+    time.sleep(0.05)
+    assert batcher.run_inline([x]) is None
+    model.gate.set()
+    busy.result(5)
+    with pytest.raises(ModelFailedError, match="error id"):
+        batcher.run_inline([torch.full((1, 4), 666.0)])
+    assert batcher.submit_nowait([x]).result(5).batch_size == 1  # a failure inline leaves the model usable
+    batcher.close()
+
+
+def test_inline_is_off_by_default_and_for_slow_models() -> None:
+    model = Slow(delay_s=0.01)
+    batcher = Batcher(model, inline_below_ms=1)
+    batcher.submit_nowait([torch.randn(1, 4)]).result(5)
+    assert batcher.run_inline([torch.randn(1, 4)]) is None  # 10 ms forward > 1 ms
+    batcher.close()
+    off = Batcher(Slow())
+    off.submit_nowait([torch.randn(1, 4)]).result(5)
+    assert off.run_inline([torch.randn(1, 4)]) is None
+    off.close()
