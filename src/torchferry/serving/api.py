@@ -25,6 +25,7 @@ def serve(
     registry: str | os.PathLike[str] | None = None,
     max_body_mb: float | None = None,
     log_level: str | None = None,
+    access_log: bool | None = None,
     api_token: str | None = None,
     **options: Any,
 ) -> None:
@@ -50,6 +51,7 @@ def serve(
         "max_body_mb": max_body_mb,
         "registry": None if registry is None else os.fspath(registry),
         "log_level": log_level,
+        "access_log": access_log,
     }
     settings = load_config(config, sources=sources, server=server, options=options)
     if not settings.models:

@@ -72,6 +72,14 @@ def serve_command(
         ),
     ] = None,
     log_level: Annotated[str | None, _flag("debug, info, warning or error [default: info].")] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="One JSON line per request on the torchferry.access logger [default: on].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve models over HTTP: Open Inference Protocol v2 (JSON and binary tensors), KServe v1,
     simple JSON and file upload, with dynamic batching, Prometheus metrics at /metrics and
@@ -89,6 +97,7 @@ def serve_command(
         max_body_mb=max_body_mb,
         api_token=api_token,
         log_level=log_level,
+        access_log=access_log,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         queue_size=queue_size,
