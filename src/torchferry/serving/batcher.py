@@ -65,7 +65,7 @@ class Batcher:
         *,
         name: str = "model",
         max_batch_size: int = 32,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.0,
         queue_size: int = 256,
         batchable: bool = True,
         torch_threads: int | None = None,
@@ -89,7 +89,7 @@ class Batcher:
         """A forward pass is in progress (worker thread or inline): the model runs one at a time."""
         self._inline_below_s = inline_below_ms / 1000
         self.forward_ema_s: float | None = None
-        """Moving average of one-row forward passes, which decides whether ``run_inline`` may run."""
+        """Moving average of forward passes (of any size), which decides whether ``run_inline`` may run."""
         self.batches_run = 0
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self.batch_infer_ns: collections.Counter[int] = collections.Counter()
@@ -284,9 +284,10 @@ class Batcher:
         self.batches_run += 1
         self.batch_sizes[rows] += 1
         self.batch_infer_ns[rows] += int(elapsed * 1e9)
-        if rows == 1:
-            ema = self.forward_ema_s
-            self.forward_ema_s = elapsed if ema is None else 0.8 * ema + 0.2 * elapsed
+        # every pass counts: a batch takes at least as long as one of its rows would alone, so a
+        # model that left inline mode under load (batches of many rows) can come back to it
+        ema = self.forward_ema_s
+        self.forward_ema_s = elapsed if ema is None else 0.8 * ema + 0.2 * elapsed
         if self._on_batch is not None:
             try:
                 self._on_batch(rows, elapsed)

@@ -16,7 +16,7 @@ rather than at the first request.
 
     [defaults]                       # every model, unless its own entry says otherwise
     max_batch_size = 32
-    max_delay_ms = 2.0
+    max_delay_ms = 0.0
     queue_size = 256
     timeout_ms = 30000
     torch_threads = 1
@@ -52,7 +52,7 @@ class ModelOptions:
     """How one model version is batched, bounded and run."""
 
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     queue_size: int = 256
     timeout_ms: float | None = 30_000.0
     """Deadline of a request from its arrival; past it the caller gets 504."""

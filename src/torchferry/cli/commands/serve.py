@@ -42,7 +42,7 @@ def serve_command(
     ] = None,
     max_batch_size: Annotated[int | None, _flag("Most rows one forward pass runs [default: 32].")] = None,
     max_delay_ms: Annotated[
-        float | None, _flag("Longest wait for a fuller batch while the model is busy [default: 2].")
+        float | None, _flag("Longest wait for a fuller batch while the model is busy [default: 0: run what is queued].")
     ] = None,
     queue_size: Annotated[int | None, _flag("Requests a model may queue before answering 429 [default: 256].")] = None,
     timeout_ms: Annotated[
