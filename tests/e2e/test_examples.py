@@ -105,8 +105,17 @@ def test_demo_succeeds_and_saves_every_file(runs: Runs) -> None:
     assert runs.demo.returncode == 0, explain(runs.demo)
     for name in SAVED_FILES:
         assert (runs.demo_dir / name).is_file(), f"{name} missing\n{explain(runs.demo)}"
-    for step in ("1/5 train", "2/5 reload in a fresh process", "3/5 resume", "4/5 pack", "5/5 keep iris.ferry"):
+    steps = ("1/6 train", "2/6 reload in a fresh process", "3/6 resume", "4/6 pack", "5/6 keep iris.ferry", "6/6 serve")
+    for step in steps:
         assert step in runs.demo.stdout
+
+
+def test_demo_serves_queries_batches_and_shuts_down_cleanly(runs: Runs) -> None:
+    assert runs.demo.returncode == 0, explain(runs.demo)
+    out = runs.demo.stdout
+    assert "setosa" in out.split("torchferry predict", 1)[1]  # the CLI asked the server
+    assert 'torchferry_requests_total{model="iris",protocol="v2",status="200",version="1"} 128.0' in out
+    assert "drained and exited 0" in out
 
 
 def test_reloaded_model_scores_the_training_accuracy(runs: Runs) -> None:
