@@ -58,6 +58,7 @@ import safetensors
 import safetensors.torch as st
 import torch
 import xxhash
+from _docblock import replace_block
 
 import torchferry
 
@@ -730,15 +731,7 @@ def _size_bars(axis: Any, size: dict[str, Any], label: str, unit: int) -> None:
 
 
 def update_doc(doc: Path, markdown: str) -> bool:
-    """Replace the generated block of the doc, so its table always matches the plot and JSON."""
-    if not doc.exists():
-        return False
-    text = doc.read_text()
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start < 0 or end < start:
-        return False
-    doc.write_text(f"{text[: start + len(DOC_START)]}\n{markdown}\n{text[end:]}")
-    return True
+    return replace_block(doc, DOC_START, DOC_END, markdown)
 
 
 # ----------------------------------------------------------------------------- main

@@ -45,6 +45,7 @@ import numpy as np
 import safetensors
 import safetensors.torch as st
 import torch
+from _docblock import replace_block
 
 import torchferry
 
@@ -627,15 +628,7 @@ def _paired_bars(axis: Any, names: list[str], first: list[float], second: list[f
 
 
 def update_doc(doc: Path, markdown: str) -> bool:
-    """Replace the generated block of the doc, so its table always matches the plot and JSON."""
-    if not doc.exists():
-        return False
-    text = doc.read_text()
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start < 0 or end < start:
-        return False
-    doc.write_text(f"{text[: start + len(DOC_START)]}\n{markdown}\n{text[end:]}")
-    return True
+    return replace_block(doc, DOC_START, DOC_END, markdown)
 
 
 # ----------------------------------------------------------------------------- main

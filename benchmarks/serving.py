@@ -65,6 +65,7 @@ import numpy as np
 import orjson
 import psutil
 import torch
+from _docblock import replace_block
 
 import torchferry
 from torchferry.serving.responses import to_jsonable
@@ -974,14 +975,7 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
 
 
 def update_doc(doc: Path, markdown: str) -> bool:
-    if not doc.exists():
-        return False
-    text = doc.read_text()
-    start, end = text.find(DOC_START), text.find(DOC_END)
-    if start < 0 or end < start:
-        return False
-    doc.write_text(f"{text[: start + len(DOC_START)]}\n{markdown}\n{text[end:]}")
-    return True
+    return replace_block(doc, DOC_START, DOC_END, markdown)
 
 
 # ----------------------------------------------------------------------------- main
