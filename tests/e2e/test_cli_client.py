@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 import torchferry
+from tests.serving_helpers import TinyConv
 from torchferry.cli.main import main
 
 pytestmark = pytest.mark.e2e
@@ -32,16 +33,6 @@ ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 SERVE = [sys.executable, "-m", "torchferry.cli.main", "serve"]
 STARTUP_S = 90.0
 STOP_S = 15.0
-
-
-class TinyConv(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(x).mean(dim=(2, 3)))
 
 
 @dataclass

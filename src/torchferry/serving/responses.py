@@ -25,14 +25,20 @@ log = logging.getLogger("torchferry.serving")
 
 __all__ = [
     "deadline_for",
+    "decode_body",
+    "error_parts",
     "error_response",
     "ferry_error_handler",
     "http_error_handler",
     "json_response",
     "mark",
+    "mark_state",
+    "read_body",
     "timing_headers",
+    "timing_parameters",
     "to_jsonable",
     "unexpected_error_handler",
+    "unexpected_error_parts",
 ]
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
