@@ -149,10 +149,9 @@ class HostedModel:
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceededError(self._late(start, deadline))
             future = self.batcher.submit_nowait(tensors, timeout_s=timeout)
-        except NotReadyError:
-            raise
-        except FerryError:
-            self._record_failure(start)
+        except FerryError as exc:
+            if not isinstance(exc, NotReadyError):  # the caller decides: a reload may take it over
+                self._record_failure(start)
             raise
         self._queue_depth.set(self.batcher.depth)
         return future
