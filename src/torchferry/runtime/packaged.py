@@ -118,6 +118,7 @@ class Packaged:
                 ranked = apply_classify(classify[spec.name], value, self.labels)
                 result[spec.name] = ranked[0] if single else ranked
                 continue
-            array = value.detach().cpu().numpy()
+            value = value.detach().cpu()
+            array = (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # numpy has no bfloat16
             result[spec.name] = array[0] if single and array.ndim else array
         return result

@@ -294,3 +294,14 @@ def test_predict_refuses_inputs_that_disagree_on_the_batch(two_inputs: tuple[Pat
         model.predict({"features": np.zeros((2, 4), np.float32), "extra": np.zeros((3, 2), np.float32)})
     with pytest.raises(InputError, match="disagree on the batch size"):  # no silent broadcast of one row
         model.predict({"features": np.zeros((2, 4), np.float32), "extra": np.zeros((1, 2), np.float32)})
+
+
+class HalfOut(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 2).to(torch.bfloat16)
+
+
+def test_predict_returns_bfloat16_outputs_as_float32_arrays(tmp_path: Path) -> None:
+    ferry.pack(HalfOut(), tmp_path / "bf.ferry", example_inputs=(torch.randn(2, 3),))
+    out = ferry.load_model(tmp_path / "bf.ferry").predict([[1.0, 2.0, 3.0]])["output"]
+    assert out.dtype == np.float32 and out.tolist() == [[2.0, 4.0, 6.0]]  # numpy has no bfloat16
