@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,7 +84,9 @@ def _kind_name(array: np.ndarray[Any, Any]) -> str:
     )
 
 
+@functools.cache
 def _np_dtype(dtype: torch.dtype) -> Any:
+    """numpy's twin of a torch dtype (cached: this runs for every request a server checks)."""
     if dtype == torch.bfloat16:
         return np.float32
     return torch.empty((), dtype=dtype).numpy().dtype
