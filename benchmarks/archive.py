@@ -58,7 +58,7 @@ import safetensors
 import safetensors.torch as st
 import torch
 import xxhash
-from _docblock import replace_block
+from _report import meminfo_gib, replace_block
 
 import torchferry
 
@@ -505,15 +505,6 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- report
 
 
-def _meminfo_gib() -> float:
-    try:
-        with open("/proc/meminfo") as handle:
-            kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        return float("nan")
-    return round(kib / 2**20, 1)
-
-
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare these numbers with their own."""
     cpu = "unknown"
@@ -522,7 +513,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
-        "memory_gib": _meminfo_gib(),
+        "memory_gib": meminfo_gib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -45,7 +45,7 @@ import numpy as np
 import safetensors
 import safetensors.torch as st
 import torch
-from _docblock import replace_block
+from _report import replace_block
 
 import torchferry
 

@@ -65,7 +65,7 @@ import numpy as np
 import orjson
 import psutil
 import torch
-from _docblock import replace_block
+from _report import meminfo_gib, replace_block
 
 import torchferry
 from torchferry.serving.responses import to_jsonable
@@ -671,15 +671,6 @@ def perf_analyzer(files: Files, cache: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- report
 
 
-def _meminfo_gib() -> float:
-    try:
-        with open("/proc/meminfo") as handle:
-            kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        return float("nan")
-    return round(kib / 2**20, 1)
-
-
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -707,7 +698,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
-        "memory_gib": _meminfo_gib(),
+        "memory_gib": meminfo_gib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""The generated block of ``docs/benchmarks.md`` that each benchmark script rewrites."""
+"""Report helpers the benchmark scripts share: the generated doc block, machine memory."""
 
 from __future__ import annotations
 
@@ -16,3 +16,13 @@ def replace_block(doc: Path, start_marker: str, end_marker: str, markdown: str) 
         return False
     doc.write_text(f"{text[: start + len(start_marker)]}\n{markdown}\n{text[end:]}")
     return True
+
+
+def meminfo_gib() -> float:
+    """Total memory of the machine, for the reader comparing these numbers with their own."""
+    try:
+        with open("/proc/meminfo") as handle:
+            kib = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal:"))
+    except (OSError, StopIteration):
+        return float("nan")
+    return round(kib / 2**20, 1)
